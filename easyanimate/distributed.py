@@ -1,0 +1,56 @@
+"""Rank and world size, from one place: torch.distributed (or the launcher's env before it is initialised).
+
+accelerate 1.15 under DeepSpeed on CPU reports process_index 0 and num_processes 1 on every rank while
+torch.distributed knows better; nothing in this package asks accelerate who it is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """The one process that writes shared files (manifests, logs, exported models)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank iff ``flag`` is true on every rank (one collective)."""
+    if not is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def any_true(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank iff ``flag`` is true on some rank (one collective)."""
+    if not is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
