@@ -322,3 +322,20 @@ def _warnings(cfg: TrainConfig) -> list[str]:
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# Flags that may change between a run and its resume without changing what is being trained.
+RESUME_NEUTRAL = {
+    "resume_from_checkpoint", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "dataloader_num_workers", "validation_prompts", "validation_paths",
+    "validation_steps", "validation_epochs", "report_to", "report_model_info", "local_rank", "output_dir",
+    "logging_dir", "sample_ledger", "save_on_signal", "low_vram", "tracker_project_name",
+}
+
+
+def fingerprint(cfg: TrainConfig) -> str:
+    """Short hash of every option that changes what is trained; stored in checkpoint manifests."""
+    import hashlib
+    import json
+    relevant = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_NEUTRAL}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]

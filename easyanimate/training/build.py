@@ -1,0 +1,170 @@
+"""Build everything a run needs, in named steps: accelerator, models, data, optimizer, schedule, checkpointer.
+
+The training loop (loop.py) receives a finished ``Run`` and only trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from easyanimate import distributed
+from easyanimate.config import ConfigError, TrainConfig, fingerprint
+from easyanimate.data import build_train_dataloader
+from easyanimate.models import load_components, load_model_spec
+from easyanimate.training import optim
+from easyanimate.training.checkpoint import Checkpointer
+from easyanimate.training.step import ControlObjective
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml"}
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    objective: ControlObjective
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    trainable: list
+    data: object
+    checkpointer: Checkpointer
+    generator: torch.Generator
+    steps_per_epoch: int
+    max_train_steps: int
+    uses_deepspeed: bool
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=_available_trackers(cfg.report_to),
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                            logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)),
+    )
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def _available_trackers(report_to: str) -> list[str] | None:
+    import importlib.util
+    wanted = list(TRACKER_PACKAGES) if report_to == "all" else [report_to]
+    present = [name for name in wanted if name in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[name])]
+    for name in set(wanted) - set(present) - {"none"}:
+        logger.warning("--report_to %s: package not installed; metrics go to output_dir/%s only", name,
+                       "logs/metrics.jsonl")
+    return present or None
+
+
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
+
+
+def fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Resolve the ZeRO JSON's "auto" values from our flags and torch.distributed's world size.
+
+    accelerate would resolve train_batch_size for one process on CPU and cannot see our batch sampler's batch size;
+    and the original's JSON had no gradient_clipping, so --max_grad_norm was silently ignored under DeepSpeed.
+    """
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+    ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+    ds["train_batch_size"] = cfg.train_batch_size * cfg.gradient_accumulation_steps * distributed.world_size()
+    ds["gradient_clipping"] = cfg.max_grad_norm
+    precision = accelerator.mixed_precision
+    ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    if precision == "fp16" or "fp16" in ds:
+        ds.setdefault("fp16", {})["enabled"] = precision == "fp16"
+
+
+def seed_everything(cfg: TrainConfig) -> torch.Generator:
+    """Global RNGs for libraries, and this rank's own generator for every random choice of the step."""
+    rank = distributed.rank()
+    random.seed(cfg.seed + rank)
+    np.random.seed((cfg.seed + rank) % 2**32)
+    torch.manual_seed(cfg.seed + rank)
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank)
+
+
+def check_channels(transformer, vae, uses_ref: bool, cfg: TrainConfig) -> None:
+    latent = vae.config.latent_channels
+    expected = latent * (3 if uses_ref else 2)
+    actual = transformer.config.in_channels
+    if actual != expected:
+        hint = "control_ref" if actual == 3 * latent else "control"
+        raise ConfigError(
+            f"--train_mode {cfg.train_mode}: the transformer in {cfg.pretrained_model_name_or_path} takes "
+            f"{actual} input channels, but {cfg.train_mode} feeds {expected} ({latent} latent channels x "
+            f"{'noisy, control, ref' if uses_ref else 'noisy, control'}). Use --train_mode {hint}.")
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    if cfg.max_train_steps is not None:
+        return cfg.max_train_steps
+    return cfg.num_train_epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    accelerator = build_accelerator(cfg)
+    deepspeed = uses_deepspeed(accelerator)
+    if deepspeed != cfg.use_deepspeed:
+        logger.warning("--use_deepspeed is %s but accelerate %s DeepSpeed; following accelerate.",
+                       cfg.use_deepspeed, "runs" if deepspeed else "does not run")
+    generator = seed_everything(cfg)
+    rank, world = distributed.rank(), distributed.world_size()
+    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
+    spec = load_model_spec(cfg.config_path)
+    components = load_components(cfg, spec, device=accelerator.device, weight_dtype=weight_dtype)
+    uses_ref = cfg.train_mode == "control_ref"
+    check_channels(components.transformer, components.vae, uses_ref, cfg)
+    transformer = components.transformer.to(accelerator.device, torch.float32)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    trainable = optim.select_trainable(transformer, cfg)
+    optimizer = optim.build_optimizer(trainable, cfg, optim.learning_rate(cfg, world))
+
+    data = build_train_dataloader(cfg, rank=rank, world_size=world,
+                                  frame_interval=components.vae.config.get("mini_batch_encoder", 4) or 4)
+    # Every rank must run the same number of steps, or the collectives of the last steps hang.
+    steps_per_epoch = _min_over_ranks(len(data.sampler), accelerator.device)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"--train_data_meta {cfg.train_data_meta}: no full batch of {cfg.train_batch_size} per "
+                          f"rank across {world} ranks; add samples or lower --train_batch_size.")
+    max_steps = total_steps(cfg, steps_per_epoch)
+    lr_scheduler = optim.build_lr_scheduler(optimizer, cfg, max_steps)
+
+    if deepspeed:
+        fill_deepspeed_config(accelerator, cfg)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    objective = ControlObjective(cfg, components, uses_ref=uses_ref, rank=rank, world_size=world)
+    checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
+                                config_fingerprint=fingerprint(cfg))
+    return Run(cfg=cfg, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
+               lr_scheduler=lr_scheduler, trainable=trainable[0] + trainable[1], data=data,
+               checkpointer=checkpointer, generator=generator, steps_per_epoch=steps_per_epoch,
+               max_train_steps=max_steps, uses_deepspeed=deepspeed)
+
+
+def _min_over_ranks(value: int, device) -> int:
+    if not distributed.is_initialized():
+        return value
+    tensor = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+    return int(tensor.item())

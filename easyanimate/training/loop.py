@@ -1,0 +1,179 @@
+"""The training loop: batch -> loss -> backward -> (every N micro-steps) step -> maybe checkpoint -> log.
+
+Checkpoints happen only at optimizer-step boundaries, so a resume restarts at a micro-step boundary with
+the sampler cursor, every RNG stream and the optimizer exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from easyanimate import distributed
+from easyanimate.training import optim, rng_state, signals
+from easyanimate.training.build import Run
+
+logger = logging.getLogger(__name__)
+
+
+class Cursor:
+    """Where training stands: optimizer steps done, epoch, and batches consumed in that epoch."""
+
+    def __init__(self, global_step: int = 0, epoch: int = 0, batches_consumed: int = 0):
+        self.global_step, self.epoch, self.batches_consumed = global_step, epoch, batches_consumed
+
+    def state(self, run: Run) -> dict:
+        return {"global_step": self.global_step, "epoch": self.epoch, "batches_consumed": self.batches_consumed,
+                "sampler": run.data.sampler.state_dict(self.batches_consumed),
+                "rng": rng_state.capture({"train": run.generator})}
+
+
+def resume(run: Run) -> tuple[Cursor, dict | None]:
+    """The cursor to continue from, and the sampler state to restore (None for a fresh start)."""
+    path = run.checkpointer.find_resume(run.cfg.resume_from_checkpoint)
+    if path is None:
+        return Cursor(), None
+    state = run.checkpointer.load(run.accelerator, path)
+    rng_state.restore(state["rng"], {"train": run.generator})
+    logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"], state["epoch"],
+                state["batches_consumed"])
+    return Cursor(state["global_step"], state["epoch"], state["batches_consumed"]), state["sampler"]
+
+
+class Ledger:
+    """Optional per-rank record of every trained sample id (audits that a resume skips or repeats nothing)."""
+
+    def __init__(self, output_dir: str, enabled: bool, resumed_step: int):
+        self.file = None
+        if not enabled:
+            return
+        path = Path(output_dir) / "ledger" / f"rank{distributed.rank()}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Lines written after the checkpoint we resume from belong to work that is being redone.
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step] \
+            if path.exists() else []
+        path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a")
+
+    def record(self, step: int, epoch: int, sample_ids: torch.Tensor) -> None:
+        if self.file:
+            self.file.write(json.dumps({"step": step, "epoch": epoch, "ids": sample_ids.tolist()}) + "\n")
+            self.file.flush()
+
+
+class MetricsLog:
+    """Rank 0 appends one JSON line per optimizer step to output_dir/logs/metrics.jsonl and feeds trackers."""
+
+    def __init__(self, run: Run):
+        self.accelerator = run.accelerator
+        self.file = None
+        if distributed.is_main():
+            path = Path(run.cfg.output_dir) / run.cfg.logging_dir / "metrics.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = path.open("a")
+
+    def log(self, step: int, values: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps({"step": step, **values}) + "\n")
+            self.file.flush()
+            if self.accelerator.trackers:
+                self.accelerator.log(values, step=step)
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().float().reshape(1).clone()
+    if distributed.is_initialized():
+        torch.distributed.all_reduce(value)
+        value /= distributed.world_size()
+    return float(value.item())
+
+
+def clip_gradients(run: Run, step: int) -> float | None:
+    """Non-DeepSpeed clipping with the original's decaying threshold; DeepSpeed clips inside its engine."""
+    if run.uses_deepspeed:
+        return None
+    cfg = run.cfg
+    params = [p for p in run.trainable if p.grad is not None]
+    norm = float(run.accelerator.clip_grad_norm_(params, math.inf))
+    threshold = optim.clip_threshold(step, cfg.max_grad_norm, cfg.abnormal_norm_clip_start, cfg.initial_grad_norm_ratio)
+    clip = optim.spike_clip(norm, threshold, step, cfg.abnormal_norm_clip_start)
+    torch.nn.utils.clip_grads_with_norm_(params, clip, torch.tensor(norm))
+    return norm
+
+
+def micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
+    run.accelerator.sync_gradients = sync
+    no_sync = contextlib.nullcontext() if sync or run.uses_deepspeed else run.accelerator.no_sync(run.model)
+    with no_sync, run.accelerator.autocast():
+        out = run.objective(run.model, batch, run.generator)
+    run.accelerator.backward(out.loss)
+    return out.loss
+
+
+def save(run: Run, cursor: Cursor) -> Path:
+    started = time.monotonic()
+    path = run.checkpointer.save(run.accelerator, cursor.global_step, cursor.state(run))
+    logger.info("saved %s in %.1f s", path, time.monotonic() - started)
+    return path
+
+
+def train(run: Run, preemption: signals.PreemptionHandler) -> int:
+    """Train to max_train_steps; returns the process exit code (0, or the requeue code after a signal)."""
+    cfg, accel = run.cfg, run.accelerator
+    cursor, sampler_state = resume(run)
+    ledger = Ledger(cfg.output_dir, cfg.sample_ledger, cursor.global_step)
+    metrics = MetricsLog(run)
+    accum = cfg.gradient_accumulation_steps
+    micro_in_step, step_losses = 0, []
+    last_saved = cursor.global_step
+    logger.info("training steps %d -> %d, %d batches per epoch per rank, %d ranks", cursor.global_step,
+                run.max_train_steps, run.steps_per_epoch, distributed.world_size())
+    while cursor.global_step < run.max_train_steps:
+        if sampler_state is not None:
+            run.data.sampler.load_state_dict(sampler_state)
+            sampler_state = None
+        else:
+            run.data.sampler.set_epoch(cursor.epoch)
+        batches = iter(run.data.loader)
+        while cursor.batches_consumed < run.steps_per_epoch and cursor.global_step < run.max_train_steps:
+            batch = next(batches)
+            cursor.batches_consumed += 1
+            micro_in_step += 1
+            sync = micro_in_step == accum
+            ledger.record(cursor.global_step + 1, cursor.epoch, batch["sample_ids"])
+            step_losses.append(micro_step(run, batch, sync))
+            if not sync:
+                continue
+            norm = clip_gradients(run, cursor.global_step)
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            cursor.global_step += 1
+            loss = mean_over_ranks(torch.stack(step_losses).mean())
+            micro_in_step, step_losses = 0, []
+            metrics.log(cursor.global_step, {"loss": loss, "lr": run.lr_scheduler.get_last_lr()[0],
+                                             **({"grad_norm": norm} if norm is not None else {})})
+            if cursor.batches_consumed == run.steps_per_epoch:
+                cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+            stop = cfg.save_on_signal and preemption.stop_requested()
+            if stop or cursor.global_step % cfg.checkpointing_steps == 0 or \
+                    cursor.global_step == run.max_train_steps:
+                path = save(run, cursor)
+                last_saved = cursor.global_step
+                if stop:
+                    if distributed.is_main():
+                        preemption.write_requeue_marker(cfg.output_dir, cursor.global_step, path)
+                    logger.warning("stopping at step %d after a preemption signal; requeue marker written",
+                                   cursor.global_step)
+                    return signals.REQUEUE_EXIT_CODE
+        if cursor.batches_consumed == run.steps_per_epoch:
+            cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+    if last_saved != cursor.global_step:
+        save(run, cursor)
+    return 0

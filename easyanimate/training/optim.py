@@ -1,0 +1,79 @@
+"""Trainable parameters, optimizer, learning-rate schedule and gradient clipping rules.
+
+Deviations from the original (README): warm-up and total steps are optimizer steps, never multiplied by the GPU
+count; ``max_grad_norm`` is honoured under DeepSpeed too (as a constant clip in the ZeRO config).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from easyanimate.config import ConfigError, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def select_trainable(model: torch.nn.Module, cfg: TrainConfig) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(full-lr params, half-lr params) by substring match on names; everything else is frozen."""
+    full, low = [], []
+    for name, param in model.named_parameters():
+        if any(key in name for key in cfg.trainable_modules):
+            full.append(param)
+        elif any(key in name for key in cfg.trainable_modules_low_learning_rate):
+            low.append(param)
+        param.requires_grad_(False)
+    for param in full + low:
+        param.requires_grad_(True)
+    if not full and not low:
+        raise ConfigError(f"--trainable_modules {cfg.trainable_modules}: matches no transformer parameter; "
+                          "pass '.' to train every parameter.")
+    logger.info("trainable parameters: %d tensors at full lr, %d at half lr, %.2fM values",
+                len(full), len(low), sum(p.numel() for p in full + low) / 1e6)
+    return full, low
+
+
+def learning_rate(cfg: TrainConfig, world_size: int) -> float:
+    if cfg.scale_lr:
+        return cfg.learning_rate * cfg.gradient_accumulation_steps * cfg.train_batch_size * world_size
+    return cfg.learning_rate
+
+
+def build_optimizer(params: tuple[list, list], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    full, low = params
+    groups = [{"params": full, "lr": lr}]
+    if low:
+        groups.append({"params": low, "lr": lr / 2})
+    if cfg.use_8bit_adam:
+        import bitsandbytes as bnb
+        optimizer_cls = bnb.optim.AdamW8bit
+    elif cfg.use_came:
+        from came_pytorch import CAME
+        return CAME(groups, lr=lr, weight_decay=cfg.adam_weight_decay, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+    else:
+        optimizer_cls = torch.optim.AdamW
+    return optimizer_cls(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                         eps=cfg.adam_epsilon)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Stepped once per optimizer step by the loop, the same way with and without DeepSpeed."""
+    return get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                         num_training_steps=total_steps)
+
+
+def clip_threshold(step: int, max_grad_norm: float, decay_steps: int, initial_ratio: float) -> float:
+    """The original's decaying clip: initial_ratio x max_grad_norm at step 0, max_grad_norm from decay_steps on."""
+    if decay_steps <= 0 or step >= decay_steps:
+        return max_grad_norm
+    start = max_grad_norm * initial_ratio
+    return start + (max_grad_norm - start) * step / decay_steps
+
+
+def spike_clip(norm: float, threshold: float, step: int, decay_steps: int) -> float:
+    """After the decay, a norm above 5x the threshold is clipped hard to threshold / min(norm / threshold, 10)."""
+    if step >= decay_steps and norm > 5 * threshold:
+        return threshold / min(norm / threshold, 10.0)
+    return threshold
