@@ -1,0 +1,99 @@
+"""One sample from one SampleRequest: decode video and control at the same frames, resize, drop text.
+
+Everything random comes from the request (seed, epoch, position), so any worker builds the same sample. A
+sample that fails to load is logged with its path and replaced by a deterministically drawn sample of the same
+type; after ``MAX_ATTEMPTS`` failures in a row ``TooManyBadSamples`` is raised (never an endless retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .frames import select_frame_indices
+from .metadata import Sample
+from .sampler import SampleRequest
+from .seeding import Stream, rng
+from .transforms import resize_clip
+from .video import MediaError, VideoClip, read_image
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 16
+
+
+class TooManyBadSamples(RuntimeError):
+    """Too many samples failed to load; the message says how many and how to find them."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    seed: int
+    video_sample_stride: int
+    text_drop_ratio: float
+    decode_threads: int = 2
+
+
+class ControlVideoDataset(torch.utils.data.Dataset):
+    """Indexed by SampleRequest (from BucketBatchSampler), not by int."""
+
+    def __init__(self, samples: Sequence[Sample], options: LoadOptions, usable: Sequence[int] | None = None):
+        self.samples, self.options = list(samples), options
+        allowed = set(range(len(self.samples)) if usable is None else usable)
+        self._by_type = {kind: [s.index for s in self.samples if s.data_type == kind and s.index in allowed]
+                         for kind in ("video", "image")}
+        self._known_bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, request: SampleRequest) -> dict:
+        bad: list[int] = []
+        index = request.index
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                index = self._replacement(request, attempt)
+            if index in self._known_bad:
+                bad.append(index)
+                continue
+            try:
+                pixels, control = self._load(self.samples[index], request, attempt)
+            except MediaError as err:
+                logger.warning("bad sample %d (%s); replacing it: %s", index, self.samples[index].file_path, err)
+                self._known_bad.add(index)
+                bad.append(index)
+                continue
+            return {"pixels": pixels, "control": control, "text": self._text(index, request), "index": index,
+                    "request": request, "bad": bad}
+        raise TooManyBadSamples(f"{MAX_ATTEMPTS} samples in a row failed to load while building batch "
+                                f"{request.batch} of epoch {request.epoch} (metadata entries {sorted(set(bad))}); "
+                                "run `easyanimate check-data` to list every bad file.")
+
+    def _replacement(self, request: SampleRequest, attempt: int) -> int:
+        pool = self._by_type[request.data_type]
+        choice = rng(self.options.seed, Stream.REPLACEMENT, request.epoch, request.position, attempt)
+        return pool[int(choice.integers(len(pool)))]
+
+    def _text(self, index: int, request: SampleRequest) -> str:
+        draw = rng(self.options.seed, Stream.TEXT_DROP, request.epoch, request.position).random()
+        return "" if draw < self.options.text_drop_ratio else self.samples[index].text
+
+    def _load(self, sample: Sample, request: SampleRequest, attempt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = request.shape
+        if sample.data_type == "image":
+            frames, control = read_image(sample.file_path), read_image(sample.control_file_path)
+        else:
+            u = rng(self.options.seed, Stream.FRAMES, request.epoch, request.position, attempt).random()
+            frames, control = self._read_video_pair(sample, shape.frames, u)
+        return resize_clip(frames, shape.height, shape.width), resize_clip(control, shape.height, shape.width)
+
+    def _read_video_pair(self, sample: Sample, n_frames: int, u: float) -> tuple[np.ndarray, np.ndarray]:
+        with VideoClip(sample.file_path, self.options.decode_threads) as video:
+            indices = select_frame_indices(len(video), n_frames, self.options.video_sample_stride, u)
+            frames = video.get(indices)
+        with VideoClip(sample.control_file_path, self.options.decode_threads) as control:
+            return frames, control.get(indices)
