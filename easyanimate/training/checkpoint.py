@@ -1,0 +1,392 @@
+"""Checkpoints that are complete or absent, and the choice of which one to resume from.
+
+Every rank writes into ``output_dir/.tmp-checkpoint-STEP`` (accelerate's ``save_state``, which under DeepSpeed is
+a collective writing one ZeRO shard per rank, plus this rank's own state: cursor, sampler, RNG streams), fsyncs
+and checksums the files it wrote, and reports them. When every rank has reported, rank 0 writes
+``manifest.json`` last (step, world size, config fingerprint, size and checksum of every file), fsyncs it and
+renames the folder to ``output_dir/checkpoint-STEP``. A folder with that name therefore holds a finished save;
+resume still re-checks sizes and checksums, because disks and people truncate files. DeepSpeed's own ``latest``
+file is written before other ranks' shards are on disk and is never read here. Old checkpoints are pruned only
+after a save has committed, and never the one just written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from easyanimate import distributed
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PREFIX = "checkpoint-"
+TEMP_PREFIX = ".tmp-checkpoint-"
+DELETING_PREFIX = ".deleting-checkpoint-"
+ABANDONED_PREFIX = "abandoned-checkpoint-"
+MANIFEST = "manifest.json"
+RANK_STATES = "rank_states"
+MODEL_CONFIG = "transformer/config.json"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# Files written by one rank other than 0: DeepSpeed's ZeRO partition, accelerate's RNG file, our rank state.
+OWNER_PATTERNS = (re.compile(r"zero_pp_rank_(\d+)_"), re.compile(r"^random_states_(\d+)\.pkl$"),
+                  re.compile(r"^rank(\d+)\.pt$"))
+SAMPLED_BLOCK = 1 << 20
+SAMPLED_BLOCKS = 64
+
+Checksum = Literal["sha256", "sampled-sha256"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    """Write-to-temp, fsync, rename, fsync the folder: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temp, "w") as file:
+        json.dump(data, file, indent=2, sort_keys=True)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_digest(path: Path, checksum: Checksum) -> str:
+    """sha256 of the whole file, or ("sampled-sha256", for huge shards) of its size and 64 spread 1 MiB blocks.
+
+    The sampled digest still catches truncation, a zero-filled tail and a file swapped for another checkpoint's.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        if checksum == "sha256" or size <= SAMPLED_BLOCK * SAMPLED_BLOCKS:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+        digest = hashlib.sha256(str(size).encode())
+        last = size - SAMPLED_BLOCK
+        for i in range(SAMPLED_BLOCKS):
+            file.seek(last * i // (SAMPLED_BLOCKS - 1))
+            digest.update(file.read(SAMPLED_BLOCK))
+        return digest.hexdigest()
+
+
+def _owner(relpath: str) -> int:
+    name = Path(relpath).name
+    for pattern in OWNER_PATTERNS:
+        match = pattern.search(name)
+        if match:
+            return int(match.group(1))
+    return 0
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no {MANIFEST}: it was not written by a finished save") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}/{MANIFEST} is not valid JSON ({error})") from None
+
+
+def verify_files(path: Path, manifest: dict, share: tuple[int, int] = (0, 1)) -> list[str]:
+    """Problems with the files of ``path`` against its manifest; ``share=(i, n)`` checks every n-th file from i
+    (largest first), so n ranks split the reading."""
+    entries = sorted(manifest["files"].items(), key=lambda item: (-item[1]["size"], item[0]))
+    problems = []
+    for relpath, entry in entries[share[0]::share[1]]:
+        file = path / relpath
+        if not file.is_file():
+            problems.append(f"{relpath} is missing")
+        elif file.stat().st_size != entry["size"]:
+            problems.append(f"{relpath} has {file.stat().st_size} bytes, the manifest says {entry['size']} "
+                            "(truncated or overwritten)")
+        elif file_digest(file, manifest["checksum"]) != entry["digest"]:
+            problems.append(f"{relpath} does not match its {manifest['checksum']} checksum")
+    return problems
+
+
+def verify(path: Path) -> list[str]:
+    """Every reason ``path`` cannot be resumed from (empty when it verifies). Collective when distributed."""
+    problems = []
+    try:
+        manifest = read_manifest(path)
+        if manifest.get("format") != FORMAT_VERSION:
+            problems.append(f"manifest format {manifest.get('format')} is not {FORMAT_VERSION}")
+        elif manifest["step"] != checkpoint_step(path):
+            problems.append(f"manifest says step {manifest['step']} but the folder is named {Path(path).name}")
+        else:
+            problems = verify_files(Path(path), manifest, (distributed.rank(), distributed.world_size()))
+    except CheckpointError as error:
+        problems.append(str(error))
+    return sorted(set(_gather(problems)))
+
+
+def _gather(items: list) -> list:
+    if not distributed.is_initialized():
+        return list(items)
+    everyone = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(everyone, items)
+    return [item for rank_items in everyone for item in rank_items]
+
+
+def _from_rank0(value):
+    if not distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def _accelerate_sees_true_ranks():
+    """accelerate 1.15 under DeepSpeed on CPU believes every rank is process 0 of 1, so every rank would write the
+    rank-0 files and ``random_states_0.pkl`` at once. Correct its view (from torch.distributed) while saving."""
+    from accelerate.state import AcceleratorState, PartialState
+    true = {"process_index": distributed.rank(), "num_processes": distributed.world_size(),
+            "local_process_index": distributed.local_rank()}
+    states = [PartialState(), AcceleratorState()]
+    saved = [{key: getattr(state, key) for key in true} for state in states]
+    if all(s == true for s in saved):
+        yield
+        return
+    for state in states:
+        for key, value in true.items():
+            setattr(state, key, value)
+    try:
+        yield
+    finally:
+        for state, values in zip(states, saved):
+            for key, value in values.items():
+                setattr(state, key, value)
+
+
+class Checkpointer:
+    """Saves, finds, loads and prunes the checkpoints of one run folder."""
+
+    def __init__(self, output_dir: str | Path, *, total_limit: int | None = None, config_fingerprint: str = "",
+                 checksum: Checksum = "sha256"):
+        if total_limit is not None and total_limit < 1:
+            raise ValueError(f"total_limit must be >= 1 or None, got {total_limit}")
+        self.output_dir = Path(output_dir)
+        self.total_limit = total_limit
+        self.config_fingerprint = config_fingerprint
+        self.checksum = checksum
+
+    # ---- finding ----
+
+    def checkpoints(self) -> list[Path]:
+        """``checkpoint-N`` folders, newest step first (not verified)."""
+        if not self.output_dir.is_dir():
+            return []
+        found = [p for p in self.output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+        return sorted(found, key=checkpoint_step, reverse=True)
+
+    def find_resume(self, resume_from_checkpoint: str | None) -> Path | None:
+        """The checkpoint to resume from: ``None``/"" (fresh start), "latest" (the newest that verifies) or a
+        path (absolute, or a name under output_dir; it must verify). Collective when distributed."""
+        if not resume_from_checkpoint:
+            if self.checkpoints() and distributed.is_main():
+                logger.warning("%s holds checkpoints but --resume_from_checkpoint is not set: starting from step "
+                               "0 (pass --resume_from_checkpoint latest to continue)", self.output_dir)
+            return None
+        latest = resume_from_checkpoint == "latest"
+        candidates = _from_rank0(self.checkpoints() if latest else [self._named(resume_from_checkpoint)])
+        skipped = []
+        for candidate in candidates:
+            problems = verify(candidate)
+            if not problems:
+                self._check_compatible(candidate)
+                if distributed.is_main():
+                    logger.info("resuming from %s%s", candidate,
+                                f" (skipped {len(skipped)} newer: see warnings above)" if skipped else "")
+                return candidate
+            if not latest:
+                raise CheckpointError(f"--resume_from_checkpoint {candidate} does not verify: "
+                                      f"{'; '.join(problems)}")
+            skipped.append(candidate)
+            if distributed.is_main():
+                logger.warning("skipping %s: %s", candidate, "; ".join(problems[:5]) +
+                               (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        if distributed.is_main():
+            logger.warning("no complete checkpoint in %s%s: starting from step 0", self.output_dir,
+                           f" ({len(skipped)} skipped)" if skipped else "")
+        return None
+
+    def _named(self, value: str) -> Path:
+        for path in (Path(value), self.output_dir / value):
+            if path.is_dir():
+                return path
+        raise CheckpointError(f"--resume_from_checkpoint {value}: no such folder (looked at {value} and "
+                              f"{self.output_dir / value}); pass 'latest' or an existing checkpoint folder")
+
+    def _check_compatible(self, path: Path) -> None:
+        manifest = read_manifest(path)
+        if manifest["world_size"] != distributed.world_size():
+            raise CheckpointError(
+                f"{path} was written by {manifest['world_size']} processes and this run has "
+                f"{distributed.world_size()}: ZeRO partitions, sampler cursors and RNG streams are per rank. "
+                "Resume with the same number of processes (or start a new output_dir).")
+        if self.config_fingerprint and manifest["config_fingerprint"] != self.config_fingerprint \
+                and distributed.is_main():
+            logger.warning("%s was written with different training options (fingerprint %s, now %s); resuming "
+                           "anyway: compare output_dir/config.json with your flags if this was not intended",
+                           path, manifest["config_fingerprint"], self.config_fingerprint)
+
+    # ---- saving ----
+
+    def save(self, accelerator, step: int, state: dict) -> Path:
+        """Collective: every rank calls it with its own ``state``. Returns output_dir/checkpoint-STEP, committed."""
+        started = time.monotonic()
+        rank = distributed.rank()
+        temp = self.output_dir / f"{TEMP_PREFIX}{step}"
+        if rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
+        distributed.barrier()
+        with _accelerate_sees_true_ranks():
+            accelerator.save_state(str(temp))
+        own = temp / RANK_STATES / f"rank{rank:05d}.pt"
+        own.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, own)
+        if rank == 0:
+            _save_model_config(accelerator, temp)
+        written = time.monotonic()
+        reported = dict(_gather(list(self._sync_and_digest(temp, lambda rel: _owner(rel) == rank).items())))
+        final, error = self.output_dir / f"{PREFIX}{step}", None
+        if rank == 0:
+            try:
+                self._commit(accelerator, temp, final, step, reported)
+                self._prune(step)
+            except Exception as exc:  # re-raised below on every rank, so none waits forever for rank 0
+                error = exc
+        if not distributed.all_true(error is None):
+            raise CheckpointError(f"saving {final} failed on rank 0: {error}") from error
+        if rank == 0:
+            size = sum(entry["size"] for entry in read_manifest(final)["files"].values())
+            logger.info("checkpoint %s committed: %.2f GB in %.1f s (write %.1f s, fsync+checksum+commit %.1f s)",
+                        final, size / 1e9, time.monotonic() - started, written - started,
+                        time.monotonic() - written)
+        return final
+
+    def _sync_and_digest(self, folder: Path, mine) -> dict[str, dict]:
+        entries = {}
+        for relpath in _files(folder):
+            if mine(relpath):
+                _fsync_file(folder / relpath)
+                entries[relpath] = {"size": (folder / relpath).stat().st_size,
+                                    "digest": file_digest(folder / relpath, self.checksum)}
+        return entries
+
+    def _commit(self, accelerator, temp: Path, final: Path, step: int, reported: dict) -> None:
+        # A file no rank claimed (an unexpected writer) is synced and summed here rather than left out.
+        files = {**self._sync_and_digest(temp, lambda rel: rel not in reported), **reported}
+        for folder in {(temp / rel).parent for rel in files} | {temp}:
+            fsync_dir(folder)
+        write_json_atomic(temp / MANIFEST, {
+            "format": FORMAT_VERSION, "step": step, "world_size": distributed.world_size(),
+            "config_fingerprint": self.config_fingerprint, "checksum": self.checksum, "time": time.time(),
+            "deepspeed": accelerator.state.deepspeed_plugin is not None,
+            "model_config": MODEL_CONFIG if MODEL_CONFIG in files else None,
+            "versions": _versions(), "files": files})
+        if final.exists():  # a checkpoint of the same step from an abandoned attempt
+            final.rename(self.output_dir / f"{DELETING_PREFIX}{step}")
+        temp.rename(final)
+        fsync_dir(self.output_dir)
+
+    # ---- retention ----
+
+    def _remove_leftovers(self) -> None:
+        """Temp folders of saves that were killed, and deletions that were interrupted."""
+        for path in self.output_dir.iterdir():
+            if path.name.startswith((TEMP_PREFIX, DELETING_PREFIX)):
+                logger.warning("removing %s, left by an interrupted save or prune", path)
+                shutil.rmtree(path)
+
+    def _prune(self, saved_step: int) -> None:
+        """Rank 0, after a commit. Checkpoints newer than the one just saved belong to a timeline this run left
+        (it resumed from an older one): they are set aside, not resumed from. Then keep ``total_limit``."""
+        kept = []
+        for path in self.checkpoints():
+            if checkpoint_step(path) > saved_step:
+                aside = self.output_dir / f"{ABANDONED_PREFIX}{checkpoint_step(path)}-{int(time.time())}"
+                logger.warning("%s is newer than the step this run is at (%d); renamed to %s so that "
+                               "'latest' does not jump to it", path, saved_step, aside.name)
+                path.rename(aside)
+            else:
+                kept.append(path)
+        if self.total_limit is None:
+            self._remove_leftovers()
+            return
+        for path in kept[self.total_limit:]:
+            logger.info("removing %s (--checkpoints_total_limit %d)", path, self.total_limit)
+            path.rename(self.output_dir / f"{DELETING_PREFIX}{checkpoint_step(path)}")
+        fsync_dir(self.output_dir)
+        self._remove_leftovers()
+
+    # ---- loading ----
+
+    def load(self, accelerator, path: Path) -> dict:
+        """Collective: restores model, optimizer, scheduler (accelerate/DeepSpeed) and returns this rank's state."""
+        started = time.monotonic()
+        path = Path(path)
+        self._check_compatible(path)
+        with _accelerate_sees_true_ranks():
+            accelerator.load_state(str(path))
+        state = torch.load(path / RANK_STATES / f"rank{distributed.rank():05d}.pt", weights_only=False)
+        if distributed.is_main():
+            logger.info("loaded %s in %.1f s", path, time.monotonic() - started)
+        return state
+
+
+def _save_model_config(accelerator, folder: Path) -> None:
+    """The trained model's diffusers config, so `easyanimate export` needs nothing but the checkpoint."""
+    models = getattr(accelerator, "_models", [])
+    model = accelerator.unwrap_model(models[0]) if models else None
+    if hasattr(model, "save_config"):
+        model.save_config(folder / Path(MODEL_CONFIG).parent)
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    versions = {"torch": torch.__version__, "accelerate": accelerate.__version__}
+    with contextlib.suppress(ImportError):
+        import deepspeed
+        versions["deepspeed"] = deepspeed.__version__
+    return versions

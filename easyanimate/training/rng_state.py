@@ -1,0 +1,41 @@
+"""Every random stream a rank draws from, captured into a picklable dict and put back exactly.
+
+The global streams (python ``random``, numpy's legacy global state, torch's CPU and CUDA default generators) are
+saved alongside any named ``torch.Generator`` the training step owns (noise, timesteps, dropout), so a resumed
+rank continues the same sequences it would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def capture(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """This process's RNG states; ``generators`` are the named generators the caller owns."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        # Only the current device: a rank draws on its own GPU, and the index of that GPU may change on resume.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "generators": {name: gen.get_state() for name, gen in (generators or {}).items()},
+    }
+
+
+def restore(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    """Put back what ``capture`` returned. Every generator passed in must have been captured under its name."""
+    generators = generators or {}
+    missing = sorted(set(generators) - set(state["generators"]))
+    if missing:
+        raise KeyError(f"the saved RNG state has no generator named {missing}; it holds "
+                       f"{sorted(state['generators'])}. Was the checkpoint written by a different training setup?")
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, gen in generators.items():
+        gen.set_state(state["generators"][name])
