@@ -31,13 +31,9 @@ UPSCALE_LIMIT = 1.25
 
 
 def _aspect_table(base: int = BASE_SIDE, step: int = 32) -> tuple[tuple[int, int], ...]:
-    """(h, w) pairs of about base^2 pixels, h and w multiples of ``step``, h/w from 1/4 to 4."""
-    pairs = []
-    for h in range(base // 2, base * 2 + 1, step):
-        w = round(base * base / h / step) * step
-        if base // 2 <= w <= base * 2:
-            pairs.append((h, w))
-    return tuple(pairs)
+    """(h, w) pairs of about base^2 pixels, multiples of ``step``, h/w from 1/4 to 4, symmetric under h <-> w."""
+    landscape = {(h, round(base * base / h / step) * step) for h in range(base // 2, base + 1, step)}
+    return tuple(sorted(landscape | {(w, h) for h, w in landscape}))
 
 
 ASPECT_BUCKETS = _aspect_table()
@@ -178,3 +174,9 @@ def tile_factor(rules: SizeRules, frames: int, height: int, width: int) -> int:
     if pixels <= rules.budget // 4:
         return 2
     return 1
+
+
+def latent_tokens(frames: int, height: int, width: int, spatial: int = 8, patch: int = 2,
+                  frame_interval: int = 4) -> int:
+    """Transformer tokens of a clip: latent frames x (h / 8 / patch) x (w / 8 / patch)."""
+    return ((frames - 1) // frame_interval + 1) * (height // spatial // patch) * (width // spatial // patch)

@@ -41,10 +41,12 @@ class TrainLoader(torch.utils.data.DataLoader):
         for batch in super().__iter__():
             self.bad_sample_ids.update(batch["bad_sample_ids"].tolist())
             if len(self.bad_sample_ids) > self.max_bad:
+                samples = [self.dataset.samples[i] for i in sorted(self.bad_sample_ids)[:10]]
+                listing = "; ".join(f"entry {s.index}: {s.file_path} (control {s.control_file_path})" for s in samples)
                 raise TooManyBadSamples(
                     f"{len(self.bad_sample_ids)} distinct samples failed to load on this rank, more than "
-                    f"{self.max_bad:.1f} allowed by --max_bad_sample_fraction; metadata entries "
-                    f"{sorted(self.bad_sample_ids)[:20]}. Run `easyanimate check-data` for the full report.")
+                    f"{self.max_bad:.1f} allowed by --max_bad_sample_fraction: {listing}. Run `easyanimate "
+                    "check-data` for the full report.")
             yield batch
 
 

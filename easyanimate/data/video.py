@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 DECODE_THREADS = 2
+DECORD_SIZE_BUG_HINT = (" Some tiny frame sizes (48x48, 72x72) hit decord bug dmlc/decord#336; re-encode the video "
+                        "at 64 px or more.")
 
 
 class MediaError(RuntimeError):
@@ -87,7 +89,8 @@ class VideoClip:
         try:
             return self._reader.get_batch(list(indices)).asnumpy()
         except Exception as err:  # decord raises its own and ffmpeg errors; all mean "this file is bad"
-            raise MediaError(f"{self.path}: decode failed ({err}).") from err
+            hint = DECORD_SIZE_BUG_HINT if "DECORDArrayCopyFromTo" in str(err) else ""
+            raise MediaError(f"{self.path}: decode failed ({err}).{hint}") from err
 
     def close(self) -> None:
         self._reader = None

@@ -20,5 +20,10 @@ def tiny_config(data_dir: Path, *extra: str, meta: str = "metadata_control.json"
 
 
 @pytest.fixture
-def tiny_cfg(demo_data):
-    return lambda *extra, **kw: tiny_config(demo_data, *extra, **kw)
+def tiny_cfg(request):
+    """tiny_cfg(*flags, data_dir=demo data, meta=file name) -> TrainConfig."""
+
+    def make(*extra: str, data_dir: Path | None = None, meta: str = "metadata_control.json"):
+        return tiny_config(data_dir or request.getfixturevalue("demo_data"), *extra, meta=meta)
+
+    return make

@@ -1,0 +1,69 @@
+"""Real decoded media: frames at the chosen indices, control read at the same indices, uint8 resizing."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from easyanimate.data import build_train_dataloader
+from easyanimate.data.transforms import centre_crop_box, resize_clip
+from easyanimate.data.video import VideoClip, probe
+
+LENGTH = 30
+
+
+def counter_video(path, length=LENGTH, side=32, inverted=False):
+    """Flat grey frames whose level encodes the frame number (8 levels apart)."""
+    levels = [(247 - 8 * k) if inverted else (8 + 8 * k) for k in range(length)]
+    iio.imwrite(path, np.stack([np.full((side, side, 3), v, np.uint8) for v in levels]), plugin="pyav",
+                codec="libx264", fps=8)
+
+
+def frame_numbers(clip: torch.Tensor, inverted=False) -> list[int]:
+    levels = ((clip + 1) * 127.5).mean(dim=(1, 2, 3))
+    return [round(((247 - v) if inverted else (v - 8)) / 8) for v in levels.tolist()]
+
+
+def test_video_and_control_are_read_at_the_same_stride_apart_frames(tmp_path, tiny_cfg):
+    counter_video(tmp_path / "v.mp4")
+    counter_video(tmp_path / "c.mp4", side=64, inverted=True)  # another file, another resolution
+    (tmp_path / "m.json").write_text(json.dumps([{"file_path": "v.mp4", "control_file_path": "c.mp4",
+                                                  "text": "count", "type": "video"}]))
+    cfg = tiny_cfg("--train_batch_size=1", "--video_sample_stride=2", "--random_hw_adapt=false",
+                   data_dir=tmp_path, meta="m.json")
+    train = build_train_dataloader(cfg, rank=0, world_size=1)
+    starts = set()
+    for epoch in range(6):
+        train.sampler.set_epoch(epoch)
+        (batch,) = list(train.loader)
+        video = frame_numbers(batch["pixel_values"][0])
+        control = frame_numbers(batch["control_pixel_values"][0], inverted=True)
+        assert video == control
+        assert np.diff(video).tolist() == [2] * 8
+        assert video[0] >= int(0.1 * LENGTH) and video[-1] < int(0.9 * LENGTH)
+        starts.add(video[0])
+    assert len(starts) > 1  # the start moves between epochs
+
+
+def test_probe_reports_size_and_length(tmp_path):
+    counter_video(tmp_path / "v.mp4", length=13, side=64)
+    info = probe(str(tmp_path / "v.mp4"), "video")
+    assert (info.height, info.width, info.frames) == (64, 64, 13)
+    with VideoClip(str(tmp_path / "v.mp4")) as clip:
+        assert clip.get([0, 5, 12]).shape == (3, 64, 64, 3)
+
+
+def test_centre_crop_is_the_same_fraction_of_frames_of_any_resolution():
+    small, large = centre_crop_box(90, 160, 32, 32), centre_crop_box(180, 320, 32, 32)
+    assert small == (0, 35, 90, 90) and large == (0, 70, 180, 180)
+
+
+def test_uint8_resize_crops_to_the_aspect_then_resizes():
+    frames = np.zeros((2, 40, 80, 3), np.uint8)
+    frames[:, :, 20:60] = 200  # the centre square that the crop must keep
+    out = resize_clip(frames, 16, 16)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.uint8
+    assert out.float().mean() > 195
