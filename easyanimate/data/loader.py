@@ -62,8 +62,9 @@ def native_sizes(samples: Sequence[Sample]) -> list[MediaInfo | MediaError]:
     """(h, w) of each sample: from the metadata, else probed (threads)."""
     missing = [s for s in samples if s.width is None or s.height is None]
     if missing:
-        logger.info("probing the size of %d files (add width/height to the metadata to skip this)", len(missing))
-    probed = iter(probe_many([(s.file_path, s.data_type) for s in missing]))
+        logger.info("probing the size of %d files (`easyanimate check-data --write_meta` adds width/height to the "
+                    "metadata and skips this)", len(missing))
+    probed = iter(probe_many([(s.file_path, s.data_type) for s in missing]) if missing else [])
     return [next(probed) if s.width is None or s.height is None else MediaInfo(s.height, s.width, 1)
             for s in samples]
 

@@ -34,8 +34,11 @@ class Sample:
     height: Optional[int] = None
 
 
-def read_entries(meta_path: str | Path) -> list[Any]:
-    """Raw entries of a .json (list), .jsonl or .csv file. Raises MetadataError for an unreadable file."""
+def read_entries(meta_path: str | Path, lenient: bool = False) -> list[Any]:
+    """Raw entries of a .json (list), .jsonl or .csv file. Raises MetadataError for an unreadable file.
+
+    ``lenient``: a bad JSON line comes back as a MetadataError in its place instead of raising (for the preflight).
+    """
     path = Path(meta_path)
     suffix = path.suffix.lower()
     try:
@@ -45,7 +48,8 @@ def read_entries(meta_path: str | Path) -> list[Any]:
     if suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
     if suffix == ".jsonl":
-        return [_json_line(path, number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        return [_json_line(path, number, line, lenient) for number, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as err:
@@ -56,11 +60,14 @@ def read_entries(meta_path: str | Path) -> list[Any]:
     return entries
 
 
-def _json_line(path: Path, number: int, line: str) -> Any:
+def _json_line(path: Path, number: int, line: str, lenient: bool) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as err:
-        raise MetadataError(f"{path}: invalid JSON on line {number}: {err.msg}.") from err
+        error = MetadataError(f"{path}: invalid JSON on line {number}: {err.msg}.")
+        if lenient:
+            return error
+        raise error from err
 
 
 def resolve(path: str, data_dir: str | Path | None) -> str:
