@@ -325,10 +325,13 @@ class Checkpointer:
             "deepspeed": accelerator.state.deepspeed_plugin is not None,
             "model_config": MODEL_CONFIG if MODEL_CONFIG in files else None,
             "versions": _versions(), "files": files})
-        if final.exists():  # a checkpoint of the same step from an abandoned attempt
-            final.rename(self.output_dir / f"{DELETING_PREFIX}{step}")
+        replaced = self.output_dir / f"{DELETING_PREFIX}replaced-{step}"
+        if final.exists():  # a checkpoint of the same step from an abandoned attempt (or a corrupt one)
+            final.rename(replaced)
         temp.rename(final)
         fsync_dir(self.output_dir)
+        if replaced.exists():
+            shutil.rmtree(replaced)
 
     # ---- retention ----
 
@@ -351,14 +354,21 @@ class Checkpointer:
                 path.rename(aside)
             else:
                 kept.append(path)
-        if self.total_limit is None:
-            self._remove_leftovers()
-            return
-        for path in kept[self.total_limit:]:
+        doomed = kept[self.total_limit:] if self.total_limit else []
+        for path in doomed:
             logger.info("removing %s (--checkpoints_total_limit %d)", path, self.total_limit)
-            path.rename(self.output_dir / f"{DELETING_PREFIX}{checkpoint_step(path)}")
-        fsync_dir(self.output_dir)
-        self._remove_leftovers()
+        self._delete(doomed)
+
+    def _delete(self, paths: list[Path]) -> None:
+        """Rename first, so a prune killed halfway leaves no half-deleted ``checkpoint-N`` behind."""
+        doomed = []
+        for path in paths:
+            doomed.append(self.output_dir / f"{DELETING_PREFIX}{path.name}")
+            path.rename(doomed[-1])
+        if doomed:
+            fsync_dir(self.output_dir)
+        for path in doomed:
+            shutil.rmtree(path)
 
     # ---- loading ----
 

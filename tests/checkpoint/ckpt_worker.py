@@ -1,0 +1,114 @@
+"""A tiny training program for the process-level checkpoint tests, launched with `accelerate launch`.
+
+It trains a two-layer MLP on per-rank random batches with the real Checkpointer, PreemptionHandler and
+rng_state, and can be told to die (SIGKILL) in the middle of a save or to receive SIGUSR1 on one rank only.
+Rank 0 writes the final weights' sha256 to ``output_dir/result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from easyanimate import distributed
+from easyanimate.logs import setup_logging
+from easyanimate.training import rng_state, signals
+from easyanimate.training.checkpoint import Checkpointer
+
+
+class DiesWhileSaving(Checkpointer):
+    """Rank 1 is SIGKILLed after writing its files for step ``die_at`` and before the save commits."""
+
+    def __init__(self, *args, die_at: int | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.die_at, self.saving = die_at, None
+
+    def save(self, accelerator, step, state):
+        self.saving = step
+        return super().save(accelerator, step, state)
+
+    def _sync_and_digest(self, folder, mine):
+        if self.saving == self.die_at and distributed.rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._sync_and_digest(folder, mine)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--save_every", type=int, default=2)
+    parser.add_argument("--total_limit", type=int, default=None)
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--die_while_saving", type=int, default=None)
+    parser.add_argument("--signal_rank1_at", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def weights_sha(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv) -> int:
+    args = parse(argv)
+    accelerator = Accelerator()
+    setup_logging()
+    rank = distributed.rank()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    generator = torch.Generator().manual_seed(100 + rank)
+    preemption = signals.PreemptionHandler().install()
+    checkpointer = DiesWhileSaving(args.output_dir, total_limit=args.total_limit, config_fingerprint="worker",
+                                   die_at=args.die_while_saving)
+    step = 0
+    resume_from = checkpointer.find_resume(args.resume)
+    if resume_from is not None:
+        state = checkpointer.load(accelerator, resume_from)
+        rng_state.restore(state["rng"], {"data": generator})
+        step = state["global_step"]
+    while step < args.steps:
+        x = torch.randn(8, 16, generator=generator)
+        y = torch.randn(8, 4, generator=generator) + torch.randn(8, 4) * 0.01  # the global stream too
+        accelerator.backward((model(x) - y).pow(2).mean())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        if step == args.signal_rank1_at and rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        stop = preemption.stop_requested()
+        if stop or step % args.save_every == 0 or step == args.steps:
+            path = checkpointer.save(accelerator, step, {"global_step": step,
+                                                         "rng": rng_state.capture({"data": generator})})
+            if stop:
+                if distributed.is_main():
+                    preemption.write_requeue_marker(args.output_dir, step, path)
+                return signals.REQUEUE_EXIT_CODE
+    digest = weights_sha(accelerator.unwrap_model(model))
+    everyone = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(everyone, digest)
+    if distributed.is_main():
+        Path(args.output_dir, "result.json").write_text(json.dumps({"step": step, "weights": everyone}))
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    torch.distributed.destroy_process_group()  # exiting with a live gloo group aborts the process
+    sys.exit(code)

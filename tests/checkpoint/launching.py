@@ -1,0 +1,79 @@
+"""Start programs under `accelerate launch` with 2 CPU processes (gloo), plain DDP or DeepSpeed ZeRO-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ZERO2_CPU = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+             "bf16": {"enabled": False}, "zero_optimization": {"stage": 2}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def env(mode: str) -> dict:
+    out = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    out.pop("CUDA_VISIBLE_DEVICES", None)
+    out.pop("ACCELERATE_USE_CPU", None)
+    if mode == "plain":
+        # Without it accelerate on a GPU-less machine sees two unrelated single processes (no DDP); with it
+        # under --use_deepspeed, accelerate silently drops DeepSpeed and runs DDP.
+        out["ACCELERATE_USE_CPU"] = "true"
+    return out
+
+
+def launch_flags(mode: str, workdir: Path, processes: int = 2) -> list[str]:
+    flags = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    if mode == "deepspeed":
+        config = workdir / "zero2_cpu.json"
+        config.write_text(json.dumps(ZERO2_CPU))
+        return ["--use_deepspeed", "--deepspeed_config_file", str(config), *flags]
+    return ["--multi_gpu", *flags]
+
+
+class Launched:
+    """A launched process tree (its own session, so a test can signal all of it as slurmstepd does)."""
+
+    def __init__(self, process: subprocess.Popen, log: Path):
+        self.process, self.log = process, log
+
+    def wait(self, timeout: int = 300) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+
+    def signal_all(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+def start(mode: str, program: list[str], workdir: Path, *, processes: int = 2, extra_env: dict | None = None
+          ) -> Launched:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(mode, workdir, processes), *program]
+    log = workdir / f"launch-{len(list(workdir.glob('launch-*.log')))}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                   env={**env(mode), **(extra_env or {})}, start_new_session=True)
+    return Launched(process, log)
+
+
+def run(mode: str, program: list[str], workdir: Path, *, timeout: int = 300, **kwargs) -> tuple[int, str]:
+    """Launch, wait, and return (exit code, the combined log)."""
+    launched = start(mode, program, workdir, **kwargs)
+    return launched.wait(timeout), launched.text()

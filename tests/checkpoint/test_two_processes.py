@@ -1,0 +1,74 @@
+"""Two real processes (gloo on CPU), with and without DeepSpeed ZeRO-2: every rank saves and loads its own
+state, a save killed halfway is never resumed from, a truncated shard is skipped, retention keeps the newest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from easyanimate.training import signals
+from easyanimate.training.checkpoint import read_manifest, verify
+from launching import REPO, run
+
+pytestmark = pytest.mark.integration
+WORKER = str(REPO / "tests" / "checkpoint" / "ckpt_worker.py")
+
+
+def worker(mode: str, out: Path, *flags: str) -> tuple[int, str]:
+    return run(mode, [WORKER, "--output_dir", str(out), *flags], out.parent)
+
+
+def result(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["plain", "deepspeed"])
+def test_interrupted_and_corrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(mode, tmp_path):
+    straight = tmp_path / "straight"
+    code, log = worker(mode, straight, "--steps", "6", "--total_limit", "2")
+    assert code == 0, log
+    expected = result(straight)["weights"]
+    assert len(set(expected)) == 1  # both ranks hold the same weights
+    assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    files = read_manifest(straight / "checkpoint-6")["files"]
+    assert {"rank_states/rank00000.pt", "rank_states/rank00001.pt"} <= set(files)
+    if mode == "deepspeed":
+        assert {f"pytorch_model/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= set(files)
+    else:
+        assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(files)
+
+    run_b = tmp_path / "interrupted"
+    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--die_while_saving", "4")
+    assert code != 0
+    assert (run_b / ".tmp-checkpoint-4").is_dir() and not (run_b / "checkpoint-4").exists()
+
+    # Restart: the half-written step 4 is ignored; a SIGUSR1 reaching rank 1 alone stops both at step 5.
+    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest",
+                       "--signal_rank1_at", "5")
+    assert code != 0, log  # the launcher turns the requeue code into 1: hence the marker
+    assert f"resuming from {run_b / 'checkpoint-2'}" in log
+    assert json.loads((run_b / "requeue.json").read_text())["step"] == 5
+    assert not (run_b / ".tmp-checkpoint-4").exists()
+
+    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest")
+    assert code == 0, log
+    assert f"resuming from {run_b / 'checkpoint-5'}" in log
+    assert result(run_b)["weights"] == expected
+
+    # A truncated shard in the newest checkpoint: skipped with a warning, the older one is used.
+    shard = run_b / "checkpoint-6" / ("pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"
+                                      if mode == "deepspeed" else "model.safetensors")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    (run_b / "result.json").unlink()
+    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest")
+    assert code == 0, log
+    assert "skipping" in log and "truncated" in log and shard.name in log
+    assert f"resuming from {run_b / 'checkpoint-5'}" in log
+    assert result(run_b)["weights"] == expected
+    assert verify(run_b / "checkpoint-6") == []  # rewritten whole
+
+
+def test_requeue_code_is_distinct_from_failures():
+    assert signals.REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 137, 143)
