@@ -72,3 +72,18 @@ def test_interrupted_and_corrupted_runs_end_bitwise_equal_to_an_uninterrupted_on
 
 def test_requeue_code_is_distinct_from_failures():
     assert signals.REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 137, 143)
+
+
+def test_zero2_checkpoint_exports_the_trained_transformer(tiny_model_v51, tmp_path):
+    from diffusers import EasyAnimateTransformer3DModel
+
+    from ckpt_worker import weights_sha
+    from easyanimate.training.export import export
+    out = tmp_path / "run"
+    code, log = worker("deepspeed", out, "--steps", "2", "--transformer", str(tiny_model_v51 / "transformer"))
+    assert code == 0, log
+    assert read_manifest(out / "checkpoint-2")["deepspeed"]
+    exported = EasyAnimateTransformer3DModel.from_pretrained(export(out / "checkpoint-2", tmp_path / "export"))
+    trained = result(out)["weights"][0]
+    assert weights_sha(exported) == trained
+    assert weights_sha(EasyAnimateTransformer3DModel.from_pretrained(tiny_model_v51 / "transformer")) != trained
