@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from easyanimate import distributed
 from easyanimate.config import ConfigError, TrainConfig, fingerprint
@@ -51,6 +51,9 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
+        # The last block's text-stream outputs (to_add_out, txt_ff) never reach the loss: the text stream is
+        # dropped after the last block. DDP must be told, or it waits for their gradients forever.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         log_with=_available_trackers(cfg.report_to),
         project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                             logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)),
@@ -127,6 +130,8 @@ def build_run(cfg: TrainConfig) -> Run:
                        cfg.use_deepspeed, "runs" if deepspeed else "does not run")
     generator = seed_everything(cfg)
     rank, world = distributed.rank(), distributed.world_size()
+    logger.info("%d processes, %s, mixed precision %s", world, "DeepSpeed ZeRO-2" if deepspeed else "no DeepSpeed",
+                accelerator.mixed_precision)
     weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
     spec = load_model_spec(cfg.config_path)
     components = load_components(cfg, spec, device=accelerator.device, weight_dtype=weight_dtype)
