@@ -59,16 +59,20 @@ def _second_stream_rule(kwargs: dict, state: dict, spec: ModelSpec, where: str) 
             del state[key]
 
 
+def _subfolder(folder: str | Path, name: str, layout: Layout | None) -> tuple[Path, bool, str]:
+    """(the component's folder, whether it is in the original layout, how errors name it)."""
+    layout = layout or detect_layout(folder)
+    sub = Path(folder) / name
+    return sub, layout == "original", f"{sub} ({layout} layout)"
+
+
 def load_transformer(folder: str | Path, spec: ModelSpec, *, layout: Layout | None = None,
                      dtype: torch.dtype = torch.float32) -> EasyAnimateTransformer3DModel:
-    folder = Path(folder)
-    layout = layout or detect_layout(folder)
-    sub = folder / "transformer"
-    where = f"{sub} ({layout} layout)"
+    sub, is_original, where = _subfolder(folder, "transformer", layout)
     kwargs = original.transformer_kwargs(_read_config(sub), spec.transformer_additional_kwargs,
-                                         original=layout == "original", where=where)
+                                         original=is_original, where=where)
     state = read_state_dict(sub)
-    if layout == "original":
+    if is_original:
         state = original.to_diffusers_layout(state)
     _second_stream_rule(kwargs, state, spec, where)
     return build_strict(EasyAnimateTransformer3DModel, kwargs, state, dtype=dtype, where=where)
@@ -76,11 +80,8 @@ def load_transformer(folder: str | Path, spec: ModelSpec, *, layout: Layout | No
 
 def load_vae(folder: str | Path, spec: ModelSpec, *, layout: Layout | None = None,
              dtype: torch.dtype = torch.float32) -> AutoencoderKLMagvit:
-    folder = Path(folder)
-    layout = layout or detect_layout(folder)
-    sub = folder / "vae"
-    where = f"{sub} ({layout} layout)"
-    kwargs = original.vae_kwargs(_read_config(sub), spec.vae_kwargs, original=layout == "original", where=where)
+    sub, is_original, where = _subfolder(folder, "vae", layout)
+    kwargs = original.vae_kwargs(_read_config(sub), spec.vae_kwargs, original=is_original, where=where)
     vae = build_strict(AutoencoderKLMagvit, kwargs, read_state_dict(sub), dtype=dtype, where=where)
     return vae.requires_grad_(False).eval()
 

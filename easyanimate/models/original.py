@@ -13,12 +13,16 @@ the key). A key without a rule is an error too, so nothing is dropped silently.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel
+from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +108,11 @@ TRANSFORMER_RULES: dict[str, Rule] = {
                              "must name EasyAnimateTransformer3DModel (V5/V5.1); other classes are not supported"),
     "add_ref_latent_in_control_model": Rule(lambda c: True, "the reference latent enters through the control "
                                             "channels in both classes (in_channels = 3 x latent)"),
-    "enable_clip_in_inpaint": Rule(_no_clip, "only used by inpaint models with clip_channels"),
-    "position_of_clip_embedding": Rule(_no_clip, "only used by inpaint models with clip_channels"),
     "clip_channels": Rule(_is("clip_channels", None), "must be null: diffusers' class has no CLIP projection"),
     "ref_channels": Rule(_is("ref_channels", None), "must be null: diffusers' class has no ref_proj branch"),
     "swa_layers": Rule(_is("swa_layers", None), "must be null: diffusers' class has no sliding-window attention"),
+    "enable_clip_in_inpaint": Rule(_no_clip, "only used by inpaint models with clip_channels"),
+    "position_of_clip_embedding": Rule(_no_clip, "only used by inpaint models with clip_channels"),
     "time_position_encoding_type": Rule(_is("time_position_encoding_type", "3d_rope"),
                                         "must be 3d_rope: diffusers' class always applies the 3D RoPE"),
 }
@@ -169,7 +173,8 @@ def diffusers_kwargs(config: dict, cls, rules: dict[str, Rule], where: str) -> d
     """
     accepted = accepted_keys(cls)
     dropped = []
-    for key in sorted(config):
+    # Rules in their written order, so a root cause (cache_mag_vae) is named before the keys that depend on it.
+    for key in [k for k in rules if k in config] + sorted(k for k in config if k not in rules):
         rule = rules.get(key)
         if rule is not None and not rule.ok(config):
             raise ConfigNotHonoured(f"{where}: config key '{key}' = {config[key]!r} cannot be honoured by "
@@ -219,3 +224,22 @@ def original_vae_config(diffusers_config: dict) -> dict:
                   use_tiling_encoder=False, use_tiling_decoder=False, upcast_vae=False,
                   mid_block_type="MidBlock3D", mid_block_use_attention=False)
     return config
+
+
+def _write(folder: Path, config: dict, state: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+              folder / "diffusion_pytorch_model.safetensors")
+    return folder
+
+
+def save_transformer_original(transformer: EasyAnimateTransformer3DModel, folder: str | Path,
+                              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``transformer`` (or ``state_dict`` with its config) as EasyAnimate's own class saves it."""
+    state = transformer.state_dict() if state_dict is None else state_dict
+    return _write(Path(folder), original_transformer_config(dict(transformer.config)), to_original_layout(state))
+
+
+def save_vae_original(vae: AutoencoderKLMagvit, folder: str | Path) -> Path:
+    return _write(Path(folder), original_vae_config(dict(vae.config)), vae.state_dict())

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLMagvit, DDPMScheduler, EasyAnimateTransformer3DModel, \
     FlowMatchEulerDiscreteScheduler
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import BertConfig, BertTokenizer, Qwen2Tokenizer, Qwen2VLConfig, T5Config, T5Tokenizer
 
@@ -135,22 +134,14 @@ def tiny_vae() -> AutoencoderKLMagvit:
 
 
 # --- writing -------------------------------------------------------------------------------------------------
-def _save_original(model, folder: Path, config: dict, state: dict) -> None:
-    """EasyAnimate's own layout: its config keys, its tensor names, one safetensors file."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors")
-
-
 def _write_denoiser(out: Path, recipe: Recipe, layout: str) -> dict[str, list[str]]:
     transformer, vae = tiny_transformer(recipe), tiny_vae()
     if layout == "diffusers":
         transformer.save_pretrained(out / "transformer")
         vae.save_pretrained(out / "vae")
     else:
-        _save_original(transformer, out / "transformer", original.original_transformer_config(
-            dict(transformer.config)), original.to_original_layout(transformer.state_dict()))
-        _save_original(vae, out / "vae", original.original_vae_config(dict(vae.config)), vae.state_dict())
+        original.save_transformer_original(transformer, out / "transformer")
+        original.save_vae_original(vae, out / "vae")
     return {"transformer": ["diffusers", type(transformer).__name__], "vae": ["diffusers", type(vae).__name__]}
 
 

@@ -85,3 +85,19 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str
     """Strictly overwrite an already-built model's weights (e.g. ``--transformer_path``)."""
     check_keys(model, state, where)
     model.load_state_dict(state, strict=True)
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The floating dtype the weights in ``folder`` are stored in (to convert without changing precision)."""
+    from safetensors import safe_open
+    path = _weight_files(folder)[0]
+    if path.suffix != ".safetensors":
+        return next(v.dtype for v in read_state_dict(path).values() if v.is_floating_point())
+    with safe_open(path, "pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_slice(key)
+            dtype = getattr(torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
+                tensor.get_dtype(), "float32"))
+            if tensor.get_dtype() in ("F32", "F16", "BF16"):
+                return dtype
+    return torch.float32
