@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,8 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # Files written by one rank other than 0: DeepSpeed's ZeRO partition, accelerate's RNG file, our rank state.
 OWNER_PATTERNS = (re.compile(r"zero_pp_rank_(\d+)_"), re.compile(r"^random_states_(\d+)\.pkl$"),
                   re.compile(r"^rank(\d+)\.pt$"))
+PIECE = 64 << 20
+READ_BLOCK = 8 << 20
 SAMPLED_BLOCK = 1 << 20
 SAMPLED_BLOCKS = 64
 
@@ -82,20 +85,60 @@ def _fsync_file(path: Path) -> None:
 
 
 def file_digest(path: Path, checksum: Checksum) -> str:
-    """sha256 of the whole file, or ("sampled-sha256", for huge shards) of its size and 64 spread 1 MiB blocks.
+    return digest_files([path], checksum)[path]
 
-    The sampled digest still catches truncation, a zero-filled tail and a file swapped for another checkpoint's.
+
+def digest_files(paths: list[Path], checksum: Checksum, *, fsync: bool = False) -> dict[Path, str]:
+    """Checksums of ``paths``, computed by a thread pool (hashlib and file reads release the GIL).
+
+    "sha256": every byte; files over 64 MiB are hashed as sha256 of their size and of the sha256 of each 64 MiB
+    piece, so one big shard is read and hashed in parallel. "sampled-sha256" (for huge shards): files over
+    64 MiB are hashed from their size and 64 spread 1 MiB blocks, which still catches truncation, a zero-filled
+    tail and a file swapped for another checkpoint's. With ``fsync``, each file is also flushed to disk, in the
+    same pool, so the disk flushes while the CPUs hash.
     """
+    jobs = {path: _pieces(path, checksum) for path in paths}
+    with ThreadPoolExecutor(_threads()) as pool:
+        synced = [pool.submit(_fsync_file, path) for path in paths] if fsync else []
+        hashed = {path: [pool.submit(_hash_ranges, path, ranges) for ranges in pieces]
+                  for path, pieces in jobs.items()}
+        for future in synced:
+            future.result()
+        digests = {path: [future.result() for future in futures] for path, futures in hashed.items()}
+    return {path: parts[0].hex() if len(parts) == 1 else
+            hashlib.sha256(str(path.stat().st_size).encode() + b"".join(parts)).hexdigest()
+            for path, parts in digests.items()}
+
+
+def _pieces(path: Path, checksum: Checksum) -> list[list[tuple[int, int]]]:
+    """The (offset, length) ranges each hashing task reads; one task when the file is small."""
     size = path.stat().st_size
-    with open(path, "rb") as file:
-        if checksum == "sha256" or size <= SAMPLED_BLOCK * SAMPLED_BLOCKS:
-            return hashlib.file_digest(file, "sha256").hexdigest()
-        digest = hashlib.sha256(str(size).encode())
+    if size <= PIECE:
+        return [[(0, size)]]
+    if checksum == "sampled-sha256":
         last = size - SAMPLED_BLOCK
-        for i in range(SAMPLED_BLOCKS):
-            file.seek(last * i // (SAMPLED_BLOCKS - 1))
-            digest.update(file.read(SAMPLED_BLOCK))
-        return digest.hexdigest()
+        return [[(last * i // (SAMPLED_BLOCKS - 1), SAMPLED_BLOCK) for i in range(SAMPLED_BLOCKS)]]
+    return [[(offset, min(PIECE, size - offset))] for offset in range(0, size, PIECE)]
+
+
+def _hash_ranges(path: Path, ranges: list[tuple[int, int]]) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for offset, length in ranges:
+            file.seek(offset)
+            while length > 0:
+                block = file.read(min(length, READ_BLOCK))
+                if not block:
+                    break
+                digest.update(block)
+                length -= len(block)
+    return digest.digest()
+
+
+def _threads() -> int:
+    # Share the node's CPUs with the other ranks on it.
+    cpus = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(2, min(16, cpus))
 
 
 def _owner(relpath: str) -> int:
@@ -129,7 +172,7 @@ def verify_files(path: Path, manifest: dict, share: tuple[int, int] = (0, 1)) ->
     """Problems with the files of ``path`` against its manifest; ``share=(i, n)`` checks every n-th file from i
     (largest first), so n ranks split the reading."""
     entries = sorted(manifest["files"].items(), key=lambda item: (-item[1]["size"], item[0]))
-    problems = []
+    problems, to_hash = [], {}
     for relpath, entry in entries[share[0]::share[1]]:
         file = path / relpath
         if not file.is_file():
@@ -137,8 +180,11 @@ def verify_files(path: Path, manifest: dict, share: tuple[int, int] = (0, 1)) ->
         elif file.stat().st_size != entry["size"]:
             problems.append(f"{relpath} has {file.stat().st_size} bytes, the manifest says {entry['size']} "
                             "(truncated or overwritten)")
-        elif file_digest(file, manifest["checksum"]) != entry["digest"]:
-            problems.append(f"{relpath} does not match its {manifest['checksum']} checksum")
+        else:
+            to_hash[file] = relpath
+    for file, digest in digest_files(list(to_hash), manifest["checksum"]).items():
+        if digest != manifest["files"][to_hash[file]]["digest"]:
+            problems.append(f"{to_hash[file]} does not match its {manifest['checksum']} checksum")
     return problems
 
 
@@ -201,7 +247,10 @@ class Checkpointer:
     """Saves, finds, loads and prunes the checkpoints of one run folder."""
 
     def __init__(self, output_dir: str | Path, *, total_limit: int | None = None, config_fingerprint: str = "",
-                 checksum: Checksum = "sha256"):
+                 checksum: Checksum = "sampled-sha256"):
+        """``checksum``: "sampled-sha256" (default) hashes files up to 64 MiB whole and bigger ones by size and
+        64 spread blocks, keeping saves near disk speed (benchmarks/checkpoint_save.py); "sha256" reads every
+        byte, costing about one more pass over the checkpoint at the CPUs' hashing speed."""
         if total_limit is not None and total_limit < 1:
             raise ValueError(f"total_limit must be >= 1 or None, got {total_limit}")
         self.output_dir = Path(output_dir)
@@ -306,13 +355,10 @@ class Checkpointer:
         return final
 
     def _sync_and_digest(self, folder: Path, mine) -> dict[str, dict]:
-        entries = {}
-        for relpath in _files(folder):
-            if mine(relpath):
-                _fsync_file(folder / relpath)
-                entries[relpath] = {"size": (folder / relpath).stat().st_size,
-                                    "digest": file_digest(folder / relpath, self.checksum)}
-        return entries
+        paths = [folder / relpath for relpath in _files(folder) if mine(relpath)]
+        digests = digest_files(paths, self.checksum, fsync=True)
+        return {str(path.relative_to(folder)): {"size": path.stat().st_size, "digest": digests[path]}
+                for path in paths}
 
     def _commit(self, accelerator, temp: Path, final: Path, step: int, reported: dict) -> None:
         # A file no rank claimed (an unexpected writer) is synced and summed here rather than left out.

@@ -78,7 +78,7 @@ def test_checkpoint_folder_is_committed_with_a_manifest_listing_every_file(train
     assert "rank_states/rank00000.pt" in on_disk and "model.safetensors" in on_disk
     for relpath, entry in manifest["files"].items():
         assert entry["size"] == (path / relpath).stat().st_size
-        assert entry["digest"] == file_digest(path / relpath, "sha256")
+        assert entry["digest"] == file_digest(path / relpath, manifest["checksum"])
     assert verify(path) == []
 
 
@@ -168,12 +168,16 @@ def test_resuming_an_older_checkpoint_sets_newer_ones_aside_at_the_next_save(tra
     assert checkpointer.find_resume("latest") == tmp_path / "checkpoint-2"
 
 
-def test_sampled_digest_catches_truncation_and_a_zeroed_tail(tmp_path):
+def test_digests_of_big_files_catch_flips_truncation_and_a_zeroed_tail(tmp_path):
     big = tmp_path / "shard.bin"
     payload = torch.randint(0, 255, (80 << 20,), dtype=torch.uint8).numpy().tobytes()
     big.write_bytes(payload)
-    digest = file_digest(big, "sampled-sha256")
-    assert digest != file_digest(big, "sha256")
+    full, digest = file_digest(big, "sha256"), file_digest(big, "sampled-sha256")
+    assert digest != full
+    flipped = bytearray(payload)
+    flipped[(70 << 20) + 12345] ^= 1  # in the second 64 MiB piece, between sampled blocks
+    big.write_bytes(bytes(flipped))
+    assert file_digest(big, "sha256") != full
     big.write_bytes(payload[:-1])
     assert file_digest(big, "sampled-sha256") != digest
     big.write_bytes(payload[:-(1 << 20)] + bytes(1 << 20))

@@ -1,0 +1,152 @@
+"""Checkpoint save time next to a raw write+fsync of the same bytes on the same disk, and resume time.
+
+Builds an MLP of about --params parameters with AdamW under accelerate (one process) and takes one step, so a
+checkpoint holds weights plus both Adam moments (~12 bytes per parameter, as ZeRO-2's fp32 partitions do).
+For each checksum mode it then times, alternately and --repeats times each (best kept):
+- raw: the checkpoint's exact file sizes written from memory and fsynced, in a folder beside output_dir;
+- save: Checkpointer.save (accelerate save_state, rank state, fsync, checksums, manifest, atomic rename);
+and reports GB/s and raw_time/save_time (1.0 = the save runs at the disk's speed). Last, resume to the first
+step: find_resume("latest") (re-reads and checks every checksum), load, one optimizer step.
+
+    python benchmarks/checkpoint_save.py                         # 25M parameters (~300 MB), ~1 minute
+    python benchmarks/checkpoint_save.py --params 1e9 --dir /scratch/$USER/ckpt-bench --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
+
+from easyanimate.training.checkpoint import MANIFEST, Checkpointer, fsync_dir, read_manifest  # noqa: E402
+
+LAYERS = 4
+CHUNK = 64 << 20
+
+
+def build(params: float):
+    """A fresh accelerator, an MLP of ~``params`` parameters and its AdamW, prepared."""
+    AcceleratorState._reset_state(True)
+    width = int(math.sqrt(params / LAYERS))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(LAYERS)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return accelerator, model, optimizer, width
+
+
+def train_step(model, optimizer, width: int) -> None:
+    model(torch.randn(4, width)).pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def raw_write(folder: Path, sizes: list[int]) -> float:
+    """Seconds to write and fsync files of ``sizes`` bytes (plus their folder), from one reused buffer."""
+    buffer = memoryview(os.urandom(CHUNK))
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    for i, size in enumerate(sizes):
+        with open(folder / f"file{i}", "wb") as out:
+            for offset in range(0, size, CHUNK):
+                out.write(buffer[: min(CHUNK, size - offset)])
+            out.flush()
+            os.fsync(out.fileno())
+    fsync_dir(folder)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return elapsed
+
+
+def timed_save(checkpointer: Checkpointer, accelerator, step: int) -> float:
+    start = time.perf_counter()
+    checkpointer.save(accelerator, step, {"global_step": step})
+    return time.perf_counter() - start
+
+
+def checkpoint_sizes(path: Path) -> list[int]:
+    return [entry["size"] for entry in read_manifest(path)["files"].values()] + \
+        [(path / MANIFEST).stat().st_size]
+
+
+def run(args) -> dict:
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
+    accelerator, model, optimizer, width = build(args.params)
+    params = sum(p.numel() for p in model.parameters())
+    train_step(model, optimizer, width)
+    results = {"params": params, "dir": str(root), "modes": {}}
+    step = 0
+    for mode in args.checksums:
+        checkpointer = Checkpointer(root / f"run-{mode}", total_limit=1, checksum=mode)
+        step += 1
+        timed_save(checkpointer, accelerator, step)  # warm-up; also gives the file sizes to mirror
+        sizes = checkpoint_sizes(checkpointer.checkpoints()[0])
+        raw, save = [], []
+        for _ in range(args.repeats):
+            raw.append(raw_write(root / "raw", sizes))
+            step += 1
+            save.append(timed_save(checkpointer, accelerator, step))
+        total = sum(sizes)
+        results["modes"][mode] = {"bytes": total, "files": len(sizes), "raw_s": min(raw), "save_s": min(save),
+                                  "raw_gb_s": total / min(raw) / 1e9, "save_gb_s": total / min(save) / 1e9,
+                                  "ratio": min(raw) / min(save)}
+    results["resume"] = time_resume(root / f"run-{args.checksums[-1]}", args.params)
+    if not args.dir:
+        shutil.rmtree(root)
+    return results
+
+
+def time_resume(run_dir: Path, params: float) -> dict:
+    """A new process's view: fresh model, then find (verify), load, first step; each part timed."""
+    start = time.perf_counter()
+    accelerator, model, optimizer, width = build(params)
+    built = time.perf_counter()
+    checkpointer = Checkpointer(run_dir)
+    path = checkpointer.find_resume("latest")
+    found = time.perf_counter()
+    checkpointer.load(accelerator, path)
+    loaded = time.perf_counter()
+    train_step(model, optimizer, width)
+    stepped = time.perf_counter()
+    return {"build_s": built - start, "find_and_verify_s": found - built, "load_s": loaded - found,
+            "first_step_s": stepped - loaded, "resume_to_first_step_s": stepped - built}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=float, default=25e6, help="Model parameters (the MLP is sized to it).")
+    parser.add_argument("--dir", default=None, help="Folder on the disk to measure (default: a temp folder).")
+    parser.add_argument("--repeats", type=int, default=2, help="Timed saves (and raw writes) per mode.")
+    parser.add_argument("--checksums", nargs="+", default=["sha256", "sampled-sha256"],
+                        choices=["sha256", "sampled-sha256"], help="Checkpointer checksum modes to time.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(f"model: {results['params'] / 1e6:.1f}M parameters; disk folder {results['dir']}")
+    print(f"{'checksum':<16} {'GB':>7} {'files':>5} {'raw s':>7} {'save s':>7} {'raw GB/s':>9} {'save GB/s':>10} "
+          f"{'save/raw bandwidth':>19}")
+    for mode, r in results["modes"].items():
+        print(f"{mode:<16} {r['bytes'] / 1e9:>7.3f} {r['files']:>5} {r['raw_s']:>7.2f} {r['save_s']:>7.2f} "
+              f"{r['raw_gb_s']:>9.2f} {r['save_gb_s']:>10.2f} {r['ratio']:>19.2f}")
+    resume = results["resume"]
+    print("resume: " + ", ".join(f"{k} {v:.2f}" for k, v in resume.items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
