@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from diffusers.training_utils import EMAModel
 
 from easyanimate import distributed
 from easyanimate.config import ConfigError, TrainConfig, fingerprint
@@ -23,6 +24,7 @@ from easyanimate.models import load_components, load_model_spec
 from easyanimate.training import optim
 from easyanimate.training.checkpoint import Checkpointer
 from easyanimate.training.step import ControlObjective
+from easyanimate.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class Run:
     trainable: list
     data: object
     checkpointer: Checkpointer
+    validator: Validator
+    ema: EMAModel | None
     generator: torch.Generator
     steps_per_epoch: int
     max_train_steps: int
@@ -156,15 +160,26 @@ def build_run(cfg: TrainConfig) -> Run:
 
     if deepspeed:
         fill_deepspeed_config(accelerator, cfg)
+    ema = EMAModel(transformer.parameters(), model_cls=type(transformer), model_config=transformer.config) \
+        if cfg.use_ema else None
     model, optimizer = accelerator.prepare(transformer, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if accelerator.trackers:
+        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg))
     objective = ControlObjective(cfg, components, uses_ref=uses_ref, rank=rank, world_size=world)
     checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
                                 config_fingerprint=fingerprint(cfg))
     return Run(cfg=cfg, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
                lr_scheduler=lr_scheduler, trainable=trainable[0] + trainable[1], data=data,
-               checkpointer=checkpointer, generator=generator, steps_per_epoch=steps_per_epoch,
+               checkpointer=checkpointer, validator=Validator(cfg, components), ema=ema, generator=generator, steps_per_epoch=steps_per_epoch,
                max_train_steps=max_steps, uses_deepspeed=deepspeed)
+
+
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """Trackers take scalars only (the original dropped its list-valued flags for the same reason)."""
+    return {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
 
 
 def _min_over_ranks(value: int, device) -> int:

@@ -34,16 +34,16 @@ class Cursor:
                 "rng": rng_state.capture({"train": run.generator})}
 
 
-def resume(run: Run) -> tuple[Cursor, dict | None]:
-    """The cursor to continue from, and the sampler state to restore (None for a fresh start)."""
+def resume(run: Run) -> tuple[Cursor, dict | None, Path | None]:
+    """The cursor to continue from, the sampler state to restore and the checkpoint (None: a fresh start)."""
     path = run.checkpointer.find_resume(run.cfg.resume_from_checkpoint)
     if path is None:
-        return Cursor(), None
+        return Cursor(), None, None
     state = run.checkpointer.load(run.accelerator, path)
     rng_state.restore(state["rng"], {"train": run.generator})
     logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"], state["epoch"],
                 state["batches_consumed"])
-    return Cursor(state["global_step"], state["epoch"], state["batches_consumed"]), state["sampler"]
+    return Cursor(state["global_step"], state["epoch"], state["batches_consumed"]), state["sampler"], path
 
 
 class Ledger:
@@ -123,14 +123,26 @@ def save(run: Run, cursor: Cursor) -> Path:
     return path
 
 
+def optimizer_step(run: Run, cursor: Cursor, losses: list[torch.Tensor]) -> dict:
+    """Clip, step optimizer, schedule and EMA; returns the step's metrics (loss averaged over ranks)."""
+    norm = clip_gradients(run, cursor.global_step)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(run.model.parameters())
+    cursor.global_step += 1
+    values = {"loss": mean_over_ranks(torch.stack(losses).mean()), "lr": run.lr_scheduler.get_last_lr()[0]}
+    return values | ({"grad_norm": norm} if norm is not None else {})
+
+
 def train(run: Run, preemption: signals.PreemptionHandler) -> int:
     """Train to max_train_steps; returns the process exit code (0, or the requeue code after a signal)."""
-    cfg, accel = run.cfg, run.accelerator
-    cursor, sampler_state = resume(run)
+    cfg = run.cfg
+    cursor, sampler_state, last_path = resume(run)
     ledger = Ledger(cfg.output_dir, cfg.sample_ledger, cursor.global_step)
     metrics = MetricsLog(run)
-    accum = cfg.gradient_accumulation_steps
-    micro_in_step, step_losses = 0, []
+    step_losses: list[torch.Tensor] = []
     last_saved = cursor.global_step
     logger.info("training steps %d -> %d, %d batches per epoch per rank, %d ranks", cursor.global_step,
                 run.max_train_steps, run.steps_per_epoch, distributed.world_size())
@@ -141,39 +153,49 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
         else:
             run.data.sampler.set_epoch(cursor.epoch)
         batches = iter(run.data.loader)
-        while cursor.batches_consumed < run.steps_per_epoch and cursor.global_step < run.max_train_steps:
+        for _ in range(cursor.batches_consumed, run.steps_per_epoch):
             batch = next(batches)
             cursor.batches_consumed += 1
-            micro_in_step += 1
-            sync = micro_in_step == accum
             ledger.record(cursor.global_step + 1, cursor.epoch, batch["sample_ids"])
+            sync = len(step_losses) + 1 == cfg.gradient_accumulation_steps
             step_losses.append(micro_step(run, batch, sync))
+            finished_epoch = end_epoch_if_done(run, cursor)
             if not sync:
                 continue
-            norm = clip_gradients(run, cursor.global_step)
-            run.optimizer.step()
-            run.lr_scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            cursor.global_step += 1
-            loss = mean_over_ranks(torch.stack(step_losses).mean())
-            micro_in_step, step_losses = 0, []
-            metrics.log(cursor.global_step, {"loss": loss, "lr": run.lr_scheduler.get_last_lr()[0],
-                                             **({"grad_norm": norm} if norm is not None else {})})
-            if cursor.batches_consumed == run.steps_per_epoch:
-                cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+            values = optimizer_step(run, cursor, step_losses)
+            metrics.log(cursor.global_step, values)
+            step_losses = []
+            if run.validator.due(cursor.global_step, finished_epoch):
+                run.validator.run(run.accelerator.unwrap_model(run.model), cursor.global_step)
             stop = cfg.save_on_signal and preemption.stop_requested()
-            if stop or cursor.global_step % cfg.checkpointing_steps == 0 or \
-                    cursor.global_step == run.max_train_steps:
-                path = save(run, cursor)
-                last_saved = cursor.global_step
-                if stop:
-                    if distributed.is_main():
-                        preemption.write_requeue_marker(cfg.output_dir, cursor.global_step, path)
-                    logger.warning("stopping at step %d after a preemption signal; requeue marker written",
-                                   cursor.global_step)
-                    return signals.REQUEUE_EXIT_CODE
-        if cursor.batches_consumed == run.steps_per_epoch:
-            cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
-    if last_saved != cursor.global_step:
-        save(run, cursor)
+            if stop or cursor.global_step % cfg.checkpointing_steps == 0 or cursor.global_step == run.max_train_steps:
+                last_path, last_saved = save(run, cursor), cursor.global_step
+            if stop:
+                if distributed.is_main():
+                    preemption.write_requeue_marker(cfg.output_dir, cursor.global_step, last_path)
+                logger.warning("stopping at step %d after a preemption signal; requeue marker written",
+                               cursor.global_step)
+                return signals.REQUEUE_EXIT_CODE
+            if cursor.global_step >= run.max_train_steps:
+                break
+    final = last_path if last_saved == cursor.global_step and last_path else save(run, cursor)
+    save_final_models(run, final)
     return 0
+
+
+def end_epoch_if_done(run: Run, cursor: Cursor) -> int | None:
+    """Move the cursor to the next epoch after its last batch; returns the epoch that just finished."""
+    if cursor.batches_consumed < run.steps_per_epoch:
+        return None
+    cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+    return cursor.epoch - 1
+
+
+def save_final_models(run: Run, checkpoint: Path) -> None:
+    """output_dir/transformer (and transformer_ema): diffusers folders, loadable with from_pretrained."""
+    if distributed.is_main():
+        from easyanimate.training.export import export
+        export(checkpoint, Path(run.cfg.output_dir) / "transformer")
+        if run.ema is not None:
+            run.ema.save_pretrained(str(Path(run.cfg.output_dir) / "transformer_ema"))
+    distributed.barrier()
