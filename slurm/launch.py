@@ -1,0 +1,241 @@
+"""What runs on the nodes, in three steps the sbatch script calls (standard library only):
+
+- ``begin`` (batch shell, before srun): open this attempt's record, settle earlier attempts SLURM requeued
+  without asking us, refuse to start past a retry budget.
+- ``node`` (one SLURM task per node): machine rank, MASTER_ADDR/PORT, NCCL environment, then the container and
+  ``accelerate launch``; records the signals it saw and the exit code. Signals are not forwarded on SLURM:
+  slurmstepd sends them to every process of the step itself.
+- ``end`` (batch shell, after srun): classify the attempt and requeue it only when the trainer's requeue marker
+  proves the checkpoint was committed by every rank, within the budget of its kind. Crashes are never requeued.
+
+Usage: ``python slurm/launch.py begin|node|end JOB_DIR/job.json [...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script on the nodes: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slurm import attempts, command, nccl  # noqa: E402
+from slurm import spec as specs  # noqa: E402
+from slurm.command import NodeContext  # noqa: E402
+from slurm.spec import JobSpec  # noqa: E402
+
+logger = logging.getLogger("slurm.launch")
+RECORDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+def first_host(nodelist: str) -> str:
+    """First host of SLURM_JOB_NODELIST, expanded by SLURM itself."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from submitit.slurm.slurm import _parse_node_list  # hosts without scontrol on PATH
+    return _parse_node_list(nodelist)[0]
+
+
+def slurm_context(environ: dict[str, str]) -> NodeContext:
+    job_id = environ["SLURM_JOB_ID"]
+    return NodeContext(
+        job_id=job_id,
+        num_nodes=int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or 1),
+        node_rank=int(environ.get("SLURM_NODEID", 0)),
+        master_addr=first_host(environ["SLURM_JOB_NODELIST"]) if "SLURM_JOB_NODELIST" in environ else "127.0.0.1",
+        master_port=str(command.master_port(job_id)),
+        restart_count=int(environ.get("SLURM_RESTART_COUNT") or 0),
+    )
+
+
+# --- begin ---------------------------------------------------------------------------------------------------
+
+def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
+    """Earlier attempts of this job that our ``end`` did not close (or closed as cancelled) were requeued by
+    SLURM itself: a preemption or scontrol requeue, or a node failure when no node saw a signal."""
+    for folder in attempts.attempt_dirs(Path(spec.job_dir)):
+        job, _, restart = folder.name.partition(".")
+        record = attempts.read_json(folder / "attempt.json")
+        if job != node.job_id or int(restart) >= node.restart_count or record is None:
+            continue
+        outcome = record.get("outcome")
+        if outcome is not None and outcome["kind"] != attempts.CANCELLED:
+            continue
+        nodes = attempts.node_records(folder)
+        signalled = any(n.get("signals") for n in nodes)
+        kind = attempts.PREEMPTED if signalled or outcome is not None else attempts.NODE_FAILURE
+        record["outcome"] = {**(outcome or {}), "kind": kind, "requeue": False,
+                             "detail": "requeued by SLURM (" + ("preemption or scontrol requeue" if kind ==
+                                                                attempts.PREEMPTED else "node failure") + ")",
+                             "ended": (outcome or {}).get("ended") or max(
+                                 [n.get("ended", 0) for n in nodes] + [record["started"]])}
+        attempts.write_json(folder / "attempt.json", record)
+        logger.warning("attempt %s: %s", folder.name, record["outcome"]["detail"])
+
+
+def history(spec: JobSpec, job_id: str, *, before: str) -> list[dict]:
+    outcomes = []
+    for folder in attempts.attempt_dirs(Path(spec.job_dir)):
+        record = attempts.read_json(folder / "attempt.json")
+        if folder.name.partition(".")[0] == job_id and folder.name != before and record and record.get("outcome"):
+            outcomes.append(record["outcome"])
+    return outcomes
+
+
+def _limits(spec: JobSpec) -> dict[str, int]:
+    return {name: getattr(spec, name) for name in attempts.BUDGETS.values()}
+
+
+def begin(spec: JobSpec, node: NodeContext) -> int:
+    _settle_previous(spec, node)
+    folder = command.attempt_dir(spec, node)
+    checkpoint = attempts.latest_checkpoint(Path(spec.output_dir))
+    record = {"job_id": node.job_id, "restart_count": node.restart_count, "started": time.time(),
+              "nodelist": os.environ.get("SLURM_JOB_NODELIST", socket.gethostname()),
+              "num_nodes": node.num_nodes, "resume_from": checkpoint, "outcome": None}
+    logger.info("attempt %s: SLURM_RESTART_COUNT=%d, %d node(s) %s, resuming from %s", node.attempt_id,
+                node.restart_count, node.num_nodes, record["nodelist"],
+                f"step {checkpoint['step']} ({checkpoint['path']})" if checkpoint else "scratch")
+    reason = attempts.over_budget(history(spec, node.job_id, before=node.attempt_id), _limits(spec))
+    if reason:
+        record["outcome"] = attempts.outcome_dict(attempts.Outcome(attempts.BUDGET_EXHAUSTED, reason))
+        logger.error("attempt %s not started: %s", node.attempt_id, reason)
+    attempts.write_json(folder / "attempt.json", record)
+    return 3 if reason else 0
+
+
+# --- node ----------------------------------------------------------------------------------------------------
+
+class SignalLog:
+    """Records every preemption-type signal this launcher receives; forwards it to the child when asked."""
+
+    def __init__(self, forward_to: subprocess.Popen | None = None):
+        self.received: list[dict] = []
+        self.forward_to = forward_to
+
+    def install(self) -> None:
+        for sig in RECORDED_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.received.append({"name": signal.Signals(signum).name.removeprefix("SIG"), "time": time.time()})
+        if self.forward_to is not None and self.forward_to.poll() is None:
+            os.killpg(self.forward_to.pid, signum)
+
+
+def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
+    env = command.training_env(spec)
+    hardware = nccl.detect_hardware()
+    for warning in nccl.warnings(env, hardware):
+        logger.warning("NCCL: %s", warning)
+    logger.info("node %d/%d on %s: master %s:%s, NCCL profile %r: %s", node.node_rank, node.num_nodes,
+                socket.gethostname(), node.master_addr, node.master_port, spec.nccl,
+                " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k not in os.environ or os.environ[k] != v))
+    return env
+
+
+def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False) -> int:
+    folder = command.attempt_dir(spec, node)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = node_environment(spec, node)
+    argv = command.node_argv(spec, node)
+    if spec.container == "apptainer":
+        command.env_file(spec, node).write_text(command.env_file_text(env))
+    record_path = folder / f"node{node.node_rank}.json"
+    record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
+              "argv": argv, "signals": []}
+    attempts.write_json(record_path, record)
+    logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
+    # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
+    # through exec; the trainer installs its own handlers, so only the training processes act on them.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root, start_new_session=forward_signals)
+    signals = SignalLog(child if forward_signals else None)
+    signals.install()
+    exit_code = child.wait()
+    record.update(signals=signals.received, exit_code=exit_code, ended=time.time())
+    attempts.write_json(record_path, record)
+    logger.info("node %d: training exited %d; signals seen: %s", node.node_rank, exit_code,
+                [s["name"] for s in signals.received] or "none")
+    # torchrun reports any failed worker as 1, so the outcome lives in the markers; a node that was signalled
+    # exits 0 so that srun --kill-on-bad-exit does not cut off ranks still committing the checkpoint.
+    return 0 if exit_code == 0 or signals.received else exit_code
+
+
+# --- end -----------------------------------------------------------------------------------------------------
+
+def gather(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str) -> attempts.Evidence:
+    folder = command.attempt_dir(spec, node)
+    record = attempts.read_json(folder / "attempt.json") or {"started": 0.0}
+    info = attempts.scontrol_job(node.job_id)
+    output = Path(spec.output_dir)
+    return attempts.Evidence(
+        started=record["started"], now=time.time(), expected_nodes=node.num_nodes,
+        nodes=attempts.node_records(folder), srun_status=srun_status, batch_signal=batch_signal,
+        requeue_marker=attempts.fresh_marker(output, attempts.REQUEUE_MARKER, record["started"]),
+        complete_marker=attempts.fresh_marker(output, attempts.COMPLETE_MARKER, record["started"]),
+        preempt_time=attempts.slurm_time(info.get("PreemptTime")) is not None,
+        end_time=attempts.slurm_time(info.get("EndTime")), signal_lead_s=spec.signal_lead_s)
+
+
+def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,
+        requeue=attempts.requeue) -> tuple[int, dict]:
+    """Classify this attempt, record it, requeue if warranted. Returns (exit code, outcome)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own requeue sends SIGTERM to this batch shell
+    folder = command.attempt_dir(spec, node)
+    outcome = attempts.classify(gather(spec, node, srun_status, batch_signal))
+    if outcome.requeue:
+        earlier = history(spec, node.job_id, before=node.attempt_id)
+        reason = attempts.over_budget(earlier + [{"kind": outcome.kind}], _limits(spec))
+        if reason:
+            outcome.requeue, outcome.detail = False, f"{outcome.detail}; not requeued: {reason}"
+    record = attempts.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
+    record["outcome"] = attempts.outcome_dict(outcome)
+    attempts.write_json(folder / "attempt.json", record)
+    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) else logger.info
+    log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
+    if outcome.requeue:
+        error = requeue(node.job_id)
+        if error:
+            logger.error("scontrol requeue %s failed: %s", node.job_id, error)
+            return 1, record["outcome"]
+        logger.info("requeued job %s", node.job_id)
+        return 0, record["outcome"]
+    if outcome.kind == attempts.COMPLETED:
+        return 0, record["outcome"]
+    return (srun_status or 1), record["outcome"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="slurm/launch.py", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("begin", "node", "end"))
+    parser.add_argument("spec", help="JOB_DIR/job.json")
+    parser.add_argument("--srun-status", type=int, default=0)
+    parser.add_argument("--batch-signal", default="")
+    args = parser.parse_args(argv)
+    spec = specs.read(args.spec)
+    node = slurm_context(dict(os.environ))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s [launch {args.step} node{node.node_rank}] %(levelname)s %(message)s")
+    if args.step == "begin":
+        return begin(spec, node)
+    if args.step == "node":
+        return run_node(spec, node)
+    return end(spec, node, args.srun_status, args.batch_signal)[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Day-to-day commands on a job folder: status (SLURM state, every attempt and its outcome, latest checkpoint),
+log paths, cancel. Everything comes from the job folder plus squeue/scontrol; no accounting database needed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+from slurm import attempts
+from slurm import spec as specs
+
+ERROR_LINES = 6
+
+
+def job_ids(job_dir: Path) -> list[str]:
+    listed = [j["job_id"] for j in (attempts.read_json(job_dir / "jobs.json") or {}).get("jobs", [])]
+    seen = [p.name.partition(".")[0] for p in attempts.attempt_dirs(job_dir)]
+    return list(dict.fromkeys(listed + seen))
+
+
+def slurm_state(job_id: str) -> dict[str, str]:
+    info = attempts.scontrol_job(job_id)
+    if not info:
+        return {"state": "unknown to SLURM (finished long ago, or not a SLURM job)"}
+    return {"state": info.get("JobState", "?"), "restarts": info.get("Restarts", "0"),
+            "reason": info.get("Reason", ""), "nodes": info.get("NodeList", "")}
+
+
+def log_paths(job_dir: Path) -> list[Path]:
+    folder = job_dir / "logs"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".out", ".err")) \
+        if folder.is_dir() else []
+
+
+def error_excerpt(job_dir: Path, job_id: str, detail: str) -> list[str]:
+    """The exception lines of the failing node's stderr (the trainer's traceback ends with one), for crashes."""
+    match = re.search(r"node (\d+)", detail)
+    path = job_dir / "logs" / f"{job_id}_{match.group(1) if match else 0}_log.err"
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    errors = [line.strip() for line in lines if re.search(r"\b\w*(Error|Exception)\b.*:", line)]
+    return list(dict.fromkeys(errors))[-ERROR_LINES:]
+
+
+def status(job_dir: Path) -> dict:
+    job_dir = Path(job_dir)
+    spec = specs.read(job_dir / "job.json")
+    rows = []
+    for folder in attempts.attempt_dirs(job_dir):
+        record = attempts.read_json(folder / "attempt.json") or {}
+        outcome = record.get("outcome") or {}
+        row = {"attempt": folder.name, "started": record.get("started"), "ended": outcome.get("ended"),
+               "resume_from": (record.get("resume_from") or {}).get("step"),
+               "outcome": outcome.get("kind", "running"), "detail": outcome.get("detail", ""),
+               "requeued": outcome.get("requeue", False), "step": outcome.get("step"),
+               "save_latency_s": outcome.get("save_latency_s")}
+        if row["outcome"] == attempts.CRASHED:
+            row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
+        rows.append(row)
+    output = Path(spec.output_dir)
+    return {
+        "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
+        "jobs": {job_id: slurm_state(job_id) for job_id in job_ids(job_dir)},
+        "attempts": rows,
+        "latest_checkpoint": attempts.latest_checkpoint(output),
+        "markers": {name: attempts.read_json(output / name)
+                    for name in (attempts.REQUEUE_MARKER, attempts.COMPLETE_MARKER)},
+        "logs": [str(p) for p in log_paths(job_dir)],
+    }
+
+
+def _clock(t: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def format_status(s: dict) -> str:
+    lines = [f"job {s['name']!r} in {s['job_dir']}"]
+    for job_id, state in s["jobs"].items():
+        extra = f", restarts {state['restarts']}" if "restarts" in state else ""
+        lines.append(f"  SLURM job {job_id}: {state['state']}{extra}")
+    lines.append("  attempts:")
+    for row in s["attempts"]:
+        took = f"{row['ended'] - row['started']:.0f}s" if row["ended"] and row["started"] else "-"
+        save = f", save {row['save_latency_s']:.1f}s" if row["save_latency_s"] is not None else ""
+        resume = f"from step {row['resume_from']}" if row["resume_from"] is not None else "from scratch"
+        lines.append(f"    {row['attempt']:<10} {_clock(row['started'])} {took:>6}  {resume:<16} "
+                     f"{row['outcome']:<16} {row['detail']}{save}{' -> requeued' if row['requeued'] else ''}")
+        lines += [f"        | {line}" for line in row.get("error", [])]
+    ckpt = s["latest_checkpoint"]
+    lines.append(f"  latest checkpoint: {'step %d (%s)' % (ckpt['step'], ckpt['path']) if ckpt else 'none'}")
+    done = s["markers"].get(attempts.COMPLETE_MARKER)
+    if done:
+        lines.append(f"  training complete at step {done.get('step')}")
+    lines.append(f"  logs: {Path(s['job_dir']) / 'logs'} ({len(s['logs'])} files; `submit.py logs` lists them)")
+    return "\n".join(lines) + "\n"
+
+
+def cancel(job_dir: Path) -> list[str]:
+    """scancel every job of this folder that SLURM still knows; the attempt is then recorded as cancelled."""
+    cancelled = []
+    for job_id in job_ids(Path(job_dir)):
+        state = attempts.scontrol_job(job_id).get("JobState")
+        if state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "REQUEUE_HOLD"):
+            subprocess.run(["scancel", job_id], check=True, timeout=60)
+            cancelled.append(job_id)
+    return cancelled

@@ -1,0 +1,142 @@
+"""Submit EasyAnimate control training to SLURM, or run the same job here.
+
+    python slurm/submit.py --job configs/jobs/v5.1_deepspeed.yaml --nodes 4 --image easyanimate.sif [-- FLAGS]
+    python slurm/submit.py ... --dry-run        print the sbatch script and the per-node command, submit nothing
+    python slurm/submit.py ... --local          run it on this machine (submitit's local executor)
+    python slurm/submit.py --job JOB --template print the script with relative paths (slurm/templates/)
+    python slurm/submit.py status JOB_DIR       SLURM state, every attempt, latest checkpoint
+    python slurm/submit.py logs JOB_DIR [--tail N]
+    python slurm/submit.py cancel JOB_DIR
+
+Options come from the job spec (slurm/spec.py); flags after ``--`` are the seed's training flags and override the
+job file's ``train:`` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, get_args, get_type_hints
+
+if __package__ in (None, ""):  # `python slurm/submit.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slurm import jobs, render, status  # noqa: E402
+from slurm.spec import JobSpec, SpecError  # noqa: E402
+
+HINTS = get_type_hints(JobSpec)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_spec_options(parser: argparse.ArgumentParser) -> None:
+    """One option per JobSpec field (defaults suppressed: unset options leave the job file's value alone)."""
+    for f in dataclasses.fields(JobSpec):
+        if not f.metadata["cli"]:
+            continue
+        flag, hint = "--" + f.name.replace("_", "-"), HINTS[f.name]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.name == "env":
+            parser.add_argument(flag, action="append", type=_key_value, metavar="K=V", **kwargs)
+        elif f.name == "binds":
+            parser.add_argument("--bind", action="append", metavar="SRC[:DST[:ro]]", **kwargs)
+        else:
+            scalar = next((a for a in get_args(hint) if a is not type(None)), hint) if hint is not str else str
+            parser.add_argument(flag, type=scalar, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slurm/submit.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--job", help="Job file (configs/jobs/NAME.yaml).")
+    parser.add_argument("--dry-run", action="store_true", help="Print the script and command; submit nothing.")
+    parser.add_argument("--local", action="store_true", help="Run here through submitit's local executor.")
+    parser.add_argument("--template", action="store_true", help="Print the job file's script with paths "
+                        "relative to the repository root (how slurm/templates/*.sbatch are made).")
+    _add_spec_options(parser)
+    return parser
+
+
+def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def submit_main(argv: list[str]) -> int:
+    own, extra = _split_extra(argv)
+    args = vars(build_parser().parse_args(own))
+    job_file, dry_run, local, template = (args.pop(k) for k in ("job", "dry_run", "local", "template"))
+    if "env" in args:
+        args["env"] = dict(args["env"])
+    try:
+        if template:
+            sys.stdout.write(render.sbatch_script(jobs.build_spec(args, job_file=job_file, extra=extra,
+                                                                  template=True)))
+            return 0
+        spec = jobs.build_spec(args, job_file=job_file, extra=extra)
+        warnings = jobs.lead_time_warnings(spec, jobs.measured_save_s(Path(spec.job_dir)),
+                                           None if dry_run or local else jobs.partition_grace_s(spec.partition))
+        if dry_run:
+            sys.stdout.write(jobs.dry_run_text(spec, warnings))
+            return 0
+        for warning in warnings:
+            logging.warning(warning)
+        if local:
+            outcome = jobs.run_local(spec)
+            print(f"{outcome['kind']}: {outcome['detail']}")
+            return 0
+        job_id = jobs.submit(spec)
+    except SpecError as error:
+        print(f"submit.py: {error}", file=sys.stderr)
+        return 2
+    print(f"submitted job {job_id}; job folder {spec.job_dir}\n"
+          f"  watch:  python slurm/submit.py status {spec.job_dir}\n"
+          f"  logs:   python slurm/submit.py logs {spec.job_dir}\n"
+          f"  cancel: python slurm/submit.py cancel {spec.job_dir}")
+    return 0
+
+
+def tool_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"slurm/submit.py {argv[0]}")
+    parser.add_argument("job_dir", type=Path)
+    if argv[0] == "logs":
+        parser.add_argument("--tail", type=int, default=0, help="Also print the last N lines of each log.")
+    args = parser.parse_args(argv[1:])
+    if not (args.job_dir / "job.json").is_file():
+        print(f"{args.job_dir} is not a job folder (no job.json)", file=sys.stderr)
+        return 2
+    if argv[0] == "status":
+        sys.stdout.write(status.format_status(status.status(args.job_dir)))
+    elif argv[0] == "logs":
+        for path in status.log_paths(args.job_dir):
+            print(path)
+            if args.tail:
+                print("".join(f"    {line}\n" for line in path.read_text(errors="replace").splitlines()[-args.tail:]))
+    else:
+        cancelled = status.cancel(args.job_dir)
+        print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing to cancel")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in ("status", "logs", "cancel"):
+        return tool_main(argv)
+    return submit_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""A stand-in for easyanimate/train_control.py that the SLURM tests launch the same way (accelerate launch,
+torchrun agent, gloo workers) but that trains nothing: a few floats change deterministically per step.
+
+It honours the trainer's contract with the SLURM layer: the seed's flags, --resume_from_checkpoint latest,
+checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the real PreemptionHandler (signal
+-> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
+STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from easyanimate import distributed
+from easyanimate.config import parse_args
+from easyanimate.training import signals
+
+logger = logging.getLogger("standin")
+
+
+def latest_checkpoint(output: Path):
+    steps = [int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if (p / "manifest.json").is_file()]
+    return output / f"checkpoint-{max(steps)}" if steps else None
+
+
+def save(output: Path, step: int, weights: list[float]) -> Path:
+    temp, final = output / f".tmp-checkpoint-{step}", output / f"checkpoint-{step}"
+    temp.mkdir(parents=True, exist_ok=True)
+    (temp / f"rank{distributed.rank()}.json").write_text(json.dumps({"step": step, "weights": weights}))
+    distributed.barrier()
+    if distributed.is_main():
+        (temp / "manifest.json").write_text(json.dumps({"step": step, "world_size": distributed.world_size()}))
+        temp.rename(final)
+    distributed.barrier()
+    return final
+
+
+def update(weights: list[float], step: int) -> list[float]:
+    value = torch.tensor(weights) * 0.5 + step
+    dist.all_reduce(value) if dist.is_initialized() else None
+    return (value / distributed.world_size()).tolist()
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_args(argv)
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group("gloo")
+    logging.basicConfig(level=logging.INFO, format=f"[standin rank{distributed.rank()}] %(message)s")
+    output = Path(cfg.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    signals.clear_requeue_marker(output)
+    handler = signals.PreemptionHandler().install()
+    step, weights = 0, [1.0, 2.0, 3.0]
+    resume = latest_checkpoint(output) if cfg.resume_from_checkpoint == "latest" else None
+    if resume is not None:
+        state = json.loads((resume / f"rank{distributed.rank()}.json").read_text())
+        step, weights = state["step"], state["weights"]
+    logger.info("start at step %d of %d (world %d)", step, cfg.max_train_steps, distributed.world_size())
+    step_s = float(os.environ.get("STANDIN_STEP_S", "0.5"))
+    crash_at = int(os.environ.get("STANDIN_CRASH_AT_STEP", "-1"))
+    while step < cfg.max_train_steps:
+        time.sleep(step_s)
+        step += 1
+        if step == crash_at and distributed.is_main():
+            raise RuntimeError(f"stand-in crash at step {step}")
+        weights = update(weights, step)
+        logger.info("step %d", step)
+        if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+            path = save(output, step, weights)
+        if handler.stop_requested() and step < cfg.max_train_steps:
+            path = path if step % cfg.checkpointing_steps == 0 else save(output, step, weights)
+            if distributed.is_main():
+                handler.write_requeue_marker(output, step, path)
+            logger.info("saved at step %d after %s; exiting for requeue", step, handler.received)
+            return signals.REQUEUE_EXIT_CODE
+    if distributed.is_main():
+        (output / "final_weights.json").write_text(json.dumps({"step": step, "weights": weights}))
+        signals.write_complete_marker(output, step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

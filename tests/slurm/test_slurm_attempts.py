@@ -1,0 +1,128 @@
+"""Attempt classification and retry budgets, from hand-built evidence (the cluster tests produce the real one)."""
+
+from __future__ import annotations
+
+from slurm import attempts
+from slurm.attempts import Evidence, classify
+
+T0 = 1_000_000.0
+LIMIT_END = T0 + 3600  # the attempt's time limit
+
+
+def evidence(**kw) -> Evidence:
+    base = dict(started=T0, now=T0 + 100, expected_nodes=2, signal_lead_s=300, end_time=LIMIT_END,
+                nodes=[node(0), node(1)])
+    return Evidence(**{**base, **kw})
+
+
+def node(rank: int, exit_code: int | None = 0, signals: tuple = ()) -> dict:
+    record = {"node_rank": rank, "hostname": f"n{rank}", "signals": [{"name": s, "time": t} for s, t in signals]}
+    if exit_code is not None:
+        record["exit_code"] = exit_code
+    return record
+
+
+def marker(step=40, signal="SIGUSR2", received=T0 + 50, committed=T0 + 53):
+    return {"step": step, "signal": signal, "checkpoint": f"/out/checkpoint-{step}", "time": committed,
+            "signal_received_at": received}
+
+
+def signalled(name="USR2", at=T0 + 50):
+    return [node(0, 1, ((name, at),)), node(1, 1, ((name, at + 0.01),))]
+
+
+def test_complete_marker_means_completed_whatever_the_exit_codes():
+    out = classify(evidence(complete_marker={"step": 100, "checkpoint": "/o/checkpoint-100"}, srun_status=1))
+    assert (out.kind, out.requeue, out.step) == ("completed", False, 100)
+
+
+def test_signal_well_before_the_limit_with_a_committed_save_is_a_preemption_we_requeue():
+    out = classify(evidence(nodes=signalled(), requeue_marker=marker()))
+    assert (out.kind, out.requeue, out.step, out.save_latency_s) == ("preempted", True, 40, 3.0)
+
+
+def test_slurm_preempt_time_makes_it_a_preemption_even_near_the_limit():
+    out = classify(evidence(nodes=signalled(at=LIMIT_END - 290), requeue_marker=marker(received=LIMIT_END - 290),
+                            preempt_time=True))
+    assert out.kind == "preempted"
+
+
+def test_signal_at_the_lead_time_before_the_limit_is_a_timeout():
+    # slurmctld checks limits every 30 s: the signal may come up to ~30 s earlier than --signal's @300.
+    at = LIMIT_END - 325
+    out = classify(evidence(nodes=signalled(at=at), requeue_marker=marker(received=at, committed=at + 4)))
+    assert (out.kind, out.requeue) == ("timed_out", True)
+
+
+def test_short_time_limits_do_not_turn_every_signal_into_a_timeout():
+    # submitit calls any signal a time-out when the limit is under 10 min; here a 5-min job preempted at 60 s is not.
+    out = classify(evidence(end_time=T0 + 300, signal_lead_s=30, nodes=signalled(at=T0 + 60),
+                            requeue_marker=marker(received=T0 + 60, committed=T0 + 61)))
+    assert out.kind == "preempted"
+
+
+def test_when_slurm_sent_term_to_the_batch_shell_we_never_requeue_on_top():
+    out = classify(evidence(nodes=signalled("TERM"), requeue_marker=marker(signal="SIGTERM"), batch_signal="TERM"))
+    assert out.kind == "preempted" and not out.requeue and "SLURM itself" in out.detail
+
+
+def test_a_node_that_failed_without_a_signal_is_a_crash_and_never_requeued():
+    # node 0 raised; srun --kill-on-bad-exit then sent TERM to node 1, which must not make it look preempted.
+    nodes = [node(0, 1), node(1, 0, (("TERM", T0 + 60),))]
+    out = classify(evidence(nodes=nodes, srun_status=1))
+    assert (out.kind, out.requeue) == ("crashed", False)
+    assert "node 0" in out.detail
+
+
+def test_a_stale_requeue_marker_is_ignored_by_the_caller():
+    # fresh_marker drops markers older than the attempt; without one, a failing exit is a crash.
+    out = classify(evidence(nodes=[node(0, 1), node(1, 1)], srun_status=1))
+    assert out.kind == "crashed"
+
+
+def test_missing_node_records_mean_node_failure_and_a_requeue():
+    out = classify(evidence(nodes=[node(0, 0, (("TERM", T0 + 70),)), node(1, exit_code=None)], srun_status=1))
+    assert (out.kind, out.requeue) == ("node_failure", True)
+    assert "[1]" in out.detail
+
+
+def test_signal_without_a_committed_save_requeues_from_the_last_periodic_checkpoint():
+    out = classify(evidence(nodes=signalled()))
+    assert (out.kind, out.requeue) == ("preempted", True) and "no checkpoint committed" in out.detail
+
+
+def test_scancel_is_a_cancellation():
+    out = classify(evidence(nodes=signalled("TERM"), batch_signal="TERM", srun_status=143))
+    assert (out.kind, out.requeue) == ("cancelled", False)
+
+
+def test_each_kind_has_its_own_budget():
+    limits = {"max_preemptions": 2, "max_timeouts": 1, "max_node_failures": 0}
+    assert attempts.over_budget([{"kind": "preempted"}] * 2 + [{"kind": "timed_out"}], limits) is None
+    assert "max_preemptions=2" in attempts.over_budget([{"kind": "preempted"}] * 3, limits)
+    assert "max_timeouts=1" in attempts.over_budget([{"kind": "timed_out"}] * 2, limits)
+    assert "max_node_failures=0" in attempts.over_budget([{"kind": "node_failure"}], limits)
+    assert attempts.over_budget([{"kind": "crashed"}] * 5, limits) is None  # crashes are never requeued at all
+
+
+def test_fresh_marker_ignores_markers_from_earlier_attempts(tmp_path):
+    attempts.write_json(tmp_path / "requeue.json", {"step": 3, "time": T0 - 1})
+    assert attempts.fresh_marker(tmp_path, "requeue.json", since=T0) is None
+    attempts.write_json(tmp_path / "requeue.json", {"step": 5, "time": T0 + 1})
+    assert attempts.fresh_marker(tmp_path, "requeue.json", since=T0)["step"] == 5
+
+
+def test_latest_checkpoint_counts_only_committed_folders(tmp_path):
+    for step, committed in ((10, True), (20, True), (30, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if committed:
+            (folder / "manifest.json").write_text("{}")
+    (tmp_path / ".tmp-checkpoint-40").mkdir()
+    assert attempts.latest_checkpoint(tmp_path) == {"step": 20, "path": str(tmp_path / "checkpoint-20")}
+
+
+def test_attempts_are_ordered_by_job_then_restart(tmp_path):
+    for name in ("12.10", "12.2", "9.0", "12.0"):
+        (tmp_path / "attempts" / name).mkdir(parents=True)
+    assert [p.name for p in attempts.attempt_dirs(tmp_path)] == ["9.0", "12.0", "12.2", "12.10"]

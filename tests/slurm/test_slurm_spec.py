@@ -1,0 +1,96 @@
+"""Job spec and training-flag resolution: job file + flags -> one validated spec, errors that name the option."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from slurm import jobs, spec as specs, submit
+from slurm.spec import JobSpec, SpecError
+
+REPO = Path(__file__).resolve().parents[2]
+
+V51_DS = REPO / "configs" / "jobs" / "v5.1_control_deepspeed.yaml"
+
+
+def build(options=None, extra=(), job=V51_DS, **kw):
+    return jobs.build_spec({"image": "/img/e.sif", **(options or {})}, job_file=str(job) if job else None,
+                           extra=list(extra), cwd=REPO, **kw)
+
+
+@pytest.mark.parametrize("value, seconds", [("30", 1800), ("1:30", 90), ("24:00:00", 86400), ("2-00", 172800),
+                                            ("1-02:03", 93780), ("1-00:00:05", 86405)])
+def test_time_accepts_every_sbatch_form(value, seconds):
+    assert specs.time_to_seconds(value) == seconds
+
+
+def test_every_job_file_builds_and_matches_the_seed_flags():
+    for path in sorted((REPO / "configs" / "jobs").glob("*.yaml")):
+        spec = build(job=path)
+        assert "--resume_from_checkpoint=latest" in spec.train_args
+        assert spec.deepspeed == ("--use_deepspeed" in spec.train_args), path.name
+
+
+def test_extra_flags_override_the_job_file_and_suite_flags_are_added():
+    spec = build(extra=["--learning_rate=1e-4", "--output_dir", "/out/run"])
+    assert "--learning_rate=0.0001" in spec.train_args and "--learning_rate=2e-05" not in spec.train_args
+    assert spec.output_dir == "/out/run" and "--output_dir=/out/run" in spec.train_args
+    assert "--use_deepspeed" in spec.train_args
+
+
+def test_relative_training_paths_resolve_against_the_submit_directory(tmp_path):
+    spec = jobs.build_spec({"image": "e.sif"}, job_file=str(V51_DS), cwd=tmp_path)
+    assert f"--train_data_meta={tmp_path}/datasets/internal_datasets/metadata.json" in spec.train_args
+    assert spec.image == str(tmp_path / "e.sif")
+    assert spec.output_dir == str(tmp_path / "runs" / "easyanimate-v5.1-control-zero2" / "output")
+
+
+def test_unknown_training_flag_fails_at_submit_time():
+    with pytest.raises(SpecError, match="--learning_rat"):
+        build(extra=["--learning_rat=1"])
+    with pytest.raises(SpecError, match="loss_type"):
+        build(extra=["--loss_type=l2"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"nodes": 0}, "--nodes"),
+    ({"image": None}, "--image"),
+    ({"nccl": "fast"}, "--nccl"),
+    ({"time": "soon"}, "--time"),
+    ({"signal_lead_s": 4000, "time": "1:00:00"}, "--signal-lead-s"),
+    ({"name": "two\nlines"}, "--name"),
+    ({"env": {"BAD-NAME": "1"}}, "--env"),
+    ({"job_dir": "/scratch/a,b"}, "bind"),
+])
+def test_invalid_options_are_refused_with_the_option_named(options, message):
+    with pytest.raises(SpecError, match=message):
+        build(options)
+
+
+def test_unknown_job_file_key_is_refused(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: x\nnode: 2\n")
+    with pytest.raises(SpecError, match="node"):
+        build(job=job)
+
+
+def test_every_spec_field_meant_for_users_has_a_submit_flag():
+    parser = submit.build_parser()
+    dests = {a.dest for a in parser._actions}
+    for f in dataclasses.fields(JobSpec):
+        assert (f.name in dests) == f.metadata["cli"], f.name
+
+
+def test_spec_survives_the_json_round_trip():
+    spec = build(extra=["--validation_prompts", "a \"quoted\" $(prompt)", "--validation_paths", "/v.mp4"])
+    assert specs.from_json(specs.to_json(spec)) == spec
+
+
+def test_lead_time_warns_when_measured_save_does_not_fit():
+    spec = build({"signal_lead_s": 90})
+    assert jobs.lead_time_warnings(spec, measured=10.0, grace=None) == []
+    assert "raise it to at least 100" in jobs.lead_time_warnings(spec, measured=40.0, grace=None)[0]
+    assert "GraceTime=30" in " ".join(jobs.lead_time_warnings(spec, measured=20.0, grace=30))
+    assert "no save time measured" in jobs.lead_time_warnings(spec, measured=None, grace=None)[0]
