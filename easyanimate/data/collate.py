@@ -1,7 +1,9 @@
-"""Samples of one batch -> the training batch dict (see the contract): float [-1, 1], reference frame, tiling.
+"""Samples of one batch -> the training batch dict (see the contract): reference frame, tiling, [-1, 1] floats.
 
 All samples of a batch share (h, w) and frames by construction; only a video shorter than the batch's frame
-count (the documented fallback) shortens the batch, to the common 4k+1 length.
+count (the documented fallback) shortens the batch, to the common 4k+1 length. Pixels stay uint8 through the
+worker -> main process hand-over (a quarter of the shared memory of float32) and become float32 in
+``to_float_batch``, which the loader applies in the main process.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import default_collate
 
 from .buckets import SizeRules, tile_factor
 from .frames import trim_to_interval
 from .seeding import Stream, rng
 from .transforms import to_unit_range
+
+__all__ = ["Collate", "to_float_batch", "to_unit_range"]
 
 FIRST_FRAME_PROBABILITY = 0.4
 
@@ -33,18 +38,31 @@ class Collate:
 
     def __call__(self, samples: list[dict]) -> dict:
         frames = trim_to_interval(min(s["pixels"].shape[0] for s in samples), self.rules.frame_interval)
-        pixels = torch.stack([s["pixels"][:frames] for s in samples])
-        control = torch.stack([s["control"][:frames] for s in samples])
         refs = [self.reference_index(s["request"].epoch, s["request"].batch, s["request"].slot, frames)
                 for s in samples]
-        ref = torch.stack([pixels[i, r:r + 1] for i, r in enumerate(refs)])
-        tiles = tile_factor(self.rules, frames, pixels.shape[-2], pixels.shape[-1])
+        height, width = samples[0]["pixels"].shape[-2:]
+        tiles = tile_factor(self.rules, frames, height, width)
         return {
-            "pixel_values": to_unit_range(pixels).repeat(tiles, 1, 1, 1, 1),
-            "control_pixel_values": to_unit_range(control).repeat(tiles, 1, 1, 1, 1),
-            "ref_pixel_values": to_unit_range(ref).repeat(tiles, 1, 1, 1, 1),
+            "pixel_values": _stack([s["pixels"][:frames] for s in samples] * tiles),
+            "control_pixel_values": _stack([s["control"][:frames] for s in samples] * tiles),
+            "ref_pixel_values": _stack([s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles),
             "text": [s["text"] for s in samples] * tiles,
             "data_type": samples[0]["request"].data_type,
             "sample_ids": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "bad_sample_ids": torch.tensor(sorted({i for s in samples for i in s["bad"]}), dtype=torch.long),
         }
+
+
+def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
+    # default_collate stacks straight into shared memory inside a worker: one copy, none more at hand-over.
+    return default_collate(clips)
+
+
+PIXEL_KEYS = ("pixel_values", "control_pixel_values", "ref_pixel_values")
+
+
+def to_float_batch(batch: dict) -> dict:
+    """uint8 pixels -> float32 in [-1, 1], in place."""
+    for key in PIXEL_KEYS:
+        batch[key] = to_unit_range(batch[key])
+    return batch

@@ -11,14 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .frames import select_frame_indices
 from .metadata import Sample
 from .sampler import SampleRequest
 from .seeding import Stream, rng
-from .transforms import resize_clip
+from .transforms import decode_size, resize_clip
 from .video import MediaError, VideoClip, read_image
 
 logger = logging.getLogger(__name__)
@@ -41,8 +40,10 @@ class LoadOptions:
 class ControlVideoDataset(torch.utils.data.Dataset):
     """Indexed by SampleRequest (from BucketBatchSampler), not by int."""
 
-    def __init__(self, samples: Sequence[Sample], options: LoadOptions, usable: Sequence[int] | None = None):
+    def __init__(self, samples: Sequence[Sample], options: LoadOptions, usable: Sequence[int] | None = None,
+                 native_sizes: dict[int, tuple[int, int]] | None = None):
         self.samples, self.options = list(samples), options
+        self.native_sizes = native_sizes or {}
         allowed = set(range(len(self.samples)) if usable is None else usable)
         self._by_type = {kind: [s.index for s in self.samples if s.data_type == kind and s.index in allowed]
                          for kind in ("video", "image")}
@@ -82,18 +83,27 @@ class ControlVideoDataset(torch.utils.data.Dataset):
         draw = rng(self.options.seed, Stream.TEXT_DROP, request.epoch, request.position).random()
         return "" if draw < self.options.text_drop_ratio else self.samples[index].text
 
+    def clip_indices(self, request: SampleRequest, video_length: int, attempt: int = 0) -> list[int]:
+        """The frames of a video this request reads (the same for its control video)."""
+        u = rng(self.options.seed, Stream.FRAMES, request.epoch, request.position, attempt).random()
+        return select_frame_indices(video_length, request.shape.frames, self.options.video_sample_stride, u)
+
     def _load(self, sample: Sample, request: SampleRequest, attempt: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = request.shape
         if sample.data_type == "image":
             frames, control = read_image(sample.file_path), read_image(sample.control_file_path)
         else:
-            u = rng(self.options.seed, Stream.FRAMES, request.epoch, request.position, attempt).random()
-            frames, control = self._read_video_pair(sample, shape.frames, u)
+            frames, control = self._read_video_pair(sample, request, attempt)
         return resize_clip(frames, shape.height, shape.width), resize_clip(control, shape.height, shape.width)
 
-    def _read_video_pair(self, sample: Sample, n_frames: int, u: float) -> tuple[np.ndarray, np.ndarray]:
-        with VideoClip(sample.file_path, self.options.decode_threads) as video:
-            indices = select_frame_indices(len(video), n_frames, self.options.video_sample_stride, u)
+    def _read_video_pair(self, sample: Sample, request: SampleRequest, attempt: int) -> tuple[torch.Tensor, ...]:
+        """Video and control at the same indices; both scaled by the decoder to the video's cover size when
+        that is a clear reduction (a control of another size is brought to the video's)."""
+        native = self.native_sizes.get(sample.index)
+        size = native and decode_size(*native, request.shape.height, request.shape.width)
+        threads = self.options.decode_threads
+        with VideoClip(sample.file_path, threads, size) as video:
+            indices = self.clip_indices(request, len(video), attempt)
             frames = video.get(indices)
-        with VideoClip(sample.control_file_path, self.options.decode_threads) as control:
+        with VideoClip(sample.control_file_path, threads, size) as control:
             return frames, control.get(indices)

@@ -1,8 +1,8 @@
 """Resize and crop clips in torch, on uint8 (antialiased bilinear), no torchvision and no PIL per frame.
 
-Each clip is centre-cropped to the target aspect ratio first (so only the kept pixels are resized), then resized
-to the batch's (h, w). The crop is computed as a fraction of the frame, so a control clip gets the same region
-as its video even when it was stored at another resolution.
+Each clip is resized, keeping its aspect, to just cover the batch's (h, w), then centre-cropped. The geometry is
+relative to the frame, so a control clip gets the same region as its video even when it was stored at another
+resolution.
 """
 
 from __future__ import annotations
@@ -11,29 +11,44 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+MIN_DECODER_SCALED_SIDE = 128
+SCALE_IN_DECODER_BELOW = 0.8  # fraction of the native pixel count
 
-def centre_crop_box(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
-    """(top, left, crop_h, crop_w) of the largest centred region of height x width with the target's aspect."""
-    if height * target_w > width * target_h:
-        crop_h, crop_w = max(1, round(width * target_h / target_w)), width
-    else:
-        crop_h, crop_w = height, max(1, round(height * target_w / target_h))
-    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+def cover_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
+    """The size height x width is resized to, keeping its aspect, so that it just covers the target."""
+    scale = max(target_h / height, target_w / width)
+    return max(target_h, round(height * scale)), max(target_w, round(width * scale))
+
+
+def decode_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int] | None:
+    """The size to let the decoder scale a height x width video to, or None to decode at full size.
+
+    Only clear reductions are worth it, and only to sides of 128+: decord returns mis-shaped frames for some
+    tiny sizes (dmlc/decord#336).
+    """
+    size = cover_size(height, width, target_h, target_w)
+    if min(size) < MIN_DECODER_SCALED_SIDE or size[0] * size[1] > SCALE_IN_DECODER_BELOW * height * width:
+        return None
+    return size
 
 
 def resize_clip(frames: np.ndarray | torch.Tensor, target_h: int, target_w: int) -> torch.Tensor:
-    """(F, H, W, 3) uint8 -> (F, 3, target_h, target_w) uint8, centre-cropped to the aspect then resized."""
+    """(F, H, W, 3) uint8 -> (F, 3, target_h, target_w) uint8: resized to cover the target, then centre-cropped.
+
+    Decoded frames are (F, H, W, 3) contiguous, i.e. channels-last (F, 3, H, W): the uint8 antialiased kernel
+    reads them without a copy. The result is a strided view; the batch stack makes the one contiguous copy.
+    """
     clip = torch.as_tensor(frames)
     if clip.dtype != torch.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {tuple(clip.shape)} {clip.dtype}")
-    top, left, crop_h, crop_w = centre_crop_box(clip.shape[1], clip.shape[2], target_h, target_w)
-    clip = clip[:, top:top + crop_h, left:left + crop_w].permute(0, 3, 1, 2)
-    if (crop_h, crop_w) == (target_h, target_w):
-        return clip.contiguous()
-    # channels_last keeps the uint8 kernel on its fast path; antialias avoids aliasing when shrinking.
-    clip = clip.contiguous(memory_format=torch.channels_last)
-    resized = F.interpolate(clip, size=(target_h, target_w), mode="bilinear", antialias=True, align_corners=False)
-    return resized.contiguous()
+    clip = clip.permute(0, 3, 1, 2)
+    size = cover_size(clip.shape[2], clip.shape[3], target_h, target_w)
+    if size != tuple(clip.shape[2:]):
+        clip = F.interpolate(clip.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                             antialias=True, align_corners=False)
+    top, left = (size[0] - target_h) // 2, (size[1] - target_w) // 2
+    return clip[:, :, top:top + target_h, left:left + target_w]
 
 
 def to_unit_range(clip: torch.Tensor) -> torch.Tensor:

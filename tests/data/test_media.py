@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from easyanimate.data import build_train_dataloader
-from easyanimate.data.transforms import centre_crop_box, resize_clip
+from easyanimate.data.transforms import cover_size, resize_clip
 from easyanimate.data.video import VideoClip, probe
 
 LENGTH = 30
@@ -56,9 +56,13 @@ def test_probe_reports_size_and_length(tmp_path):
         assert clip.get([0, 5, 12]).shape == (3, 64, 64, 3)
 
 
-def test_centre_crop_is_the_same_fraction_of_frames_of_any_resolution():
-    small, large = centre_crop_box(90, 160, 32, 32), centre_crop_box(180, 320, 32, 32)
-    assert small == (0, 35, 90, 90) and large == (0, 70, 180, 180)
+def test_control_at_another_resolution_gets_the_same_region():
+    assert cover_size(90, 160, 32, 32) == cover_size(180, 320, 32, 32) == (32, 57)
+    video = np.zeros((1, 90, 160, 3), np.uint8)
+    video[:, :, 60:100] = 255
+    control = np.zeros((1, 180, 320, 3), np.uint8)
+    control[:, :, 120:200] = 255
+    assert (resize_clip(video, 32, 32).float() - resize_clip(control, 32, 32).float()).abs().max() < 40
 
 
 def test_uint8_resize_crops_to_the_aspect_then_resizes():
@@ -67,3 +71,26 @@ def test_uint8_resize_crops_to_the_aspect_then_resizes():
     out = resize_clip(frames, 16, 16)
     assert out.shape == (2, 3, 16, 16) and out.dtype == torch.uint8
     assert out.float().mean() > 195
+
+
+def test_decoder_scaling_matches_full_decode_then_resize(tmp_path):
+    from easyanimate.data.demo import _render_frame, _scene, _write_video
+    from easyanimate.data.transforms import decode_size
+
+    height, width = 288, 352
+    frames = np.stack([_render_frame(s, height, width, (200, 60, 60), 0.3 * k)
+                       for k, s in enumerate(_scene(height, width, 5, seed=3))])
+    _write_video(tmp_path / "v.mp4", frames, fps=8)
+    size = decode_size(height, width, 128, 128)
+    assert size == (128, 156)
+    assert decode_size(64, 64, 32, 32) is None and decode_size(288, 352, 272, 336) is None
+    with VideoClip(str(tmp_path / "v.mp4")) as full, VideoClip(str(tmp_path / "v.mp4"), size=size) as scaled:
+        reference = resize_clip(full.get([0, 4]), 128, 128).float()
+        result = resize_clip(scaled.get([0, 4]), 128, 128).float()
+    assert (reference - result).abs().mean() < 4
+
+
+def test_uint8_pixels_on_request(tiny_cfg):
+    train = build_train_dataloader(tiny_cfg(), rank=0, world_size=1, float_pixels=False)
+    batch = next(iter(train.loader))
+    assert batch["pixel_values"].dtype == batch["control_pixel_values"].dtype == torch.uint8

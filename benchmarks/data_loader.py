@@ -1,0 +1,160 @@
+"""Data loader throughput next to raw decord decoding of the same frames, in one run.
+
+Generates H.264 clips at 512x512 and 1024x576 (each its own control video), then for each resolution measures:
+- raw: decord ``get_batch`` of exactly the frames the loader reads (video + control), nothing else;
+- loader: the full training DataLoader (decode + frame selection + resize/crop + collate to float [-1, 1]),
+  with 1 worker and with N workers;
+and reports samples/s, frames/s (video + control frames decoded), the loader/raw throughput ratio, the CPU-time
+ratio (raw CPU per sample / loader CPU per sample over the main process and its workers: a measure that a busy
+machine disturbs less) and the peak RSS of each worker process. The first batch of every run (worker start-up)
+is not timed.
+
+    python benchmarks/data_loader.py                 # about 1-2 minutes on 2 cores
+    python benchmarks/data_loader.py --workers 8 --samples 64 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from easyanimate.config import parse_args  # noqa: E402
+from easyanimate.data import build_train_dataloader  # noqa: E402
+from easyanimate.data.demo import _render_frame, _scene, _write_video  # noqa: E402
+from easyanimate.data.video import VideoClip  # noqa: E402
+
+RESOLUTIONS = ((512, 512), (1024, 576))  # (width, height)
+
+
+def make_clips(folder: Path, width: int, height: int, count: int, length: int) -> Path:
+    """``count`` clips of ``length`` frames, metadata naming each clip as its own control."""
+    entries = []
+    for i in range(count):
+        path = folder / f"{width}x{height}_{i}.mp4"
+        frames = np.stack([_render_frame(s, height, width, (200, 60, 60), 0.2 * k)
+                           for k, s in enumerate(_scene(height, width, length, seed=i))])
+        _write_video(path, frames, fps=24)
+        entries.append({"file_path": str(path), "control_file_path": str(path), "text": f"clip {i}",
+                        "type": "video", "width": width, "height": height})
+    meta = folder / f"meta_{width}x{height}.json"
+    meta.write_text(json.dumps(entries))
+    return meta
+
+
+def config(meta: Path, args, workers: int, repeat: int):
+    return parse_args([f"--train_data_meta={meta}", "--enable_bucket", "--train_batch_size=1", "--seed=0",
+                       f"--video_sample_size={args.size}", f"--image_sample_size={args.size}",
+                       f"--token_sample_size={args.size}", f"--video_sample_n_frames={args.frames}",
+                       f"--video_sample_stride={args.stride}", f"--video_repeat={repeat}",
+                       f"--dataloader_num_workers={workers}", "--text_drop_ratio=0"])
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of live processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def time_raw(train, samples: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per sample for decord alone (full-size decode), reading the frames the loader reads."""
+    dataset, requests = train.dataset, [b[0] for b in train.sampler][:samples]
+
+    def decode(request):
+        sample = dataset.samples[request.index]
+        with VideoClip(sample.file_path) as video:
+            indices = dataset.clip_indices(request, len(video))
+            video.get(indices)
+        with VideoClip(sample.control_file_path) as control:
+            control.get(indices)
+
+    decode(requests[0])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for request in requests[1:]:
+        decode(request)
+    return (time.perf_counter() - wall) / (len(requests) - 1), (time.process_time() - cpu) / (len(requests) - 1)
+
+
+def time_loader(train) -> tuple[float, float, list[float], tuple]:
+    """(wall, CPU of main + workers) seconds per sample of the full DataLoader, its workers' peak RSS, the shape."""
+    iterator = iter(train.loader)
+    first = next(iterator)
+    pids = [os.getpid()] + [w.pid for w in train.loader._iterator._workers]  # private; only to read the pids
+    wall, cpu, count = time.perf_counter(), cpu_seconds(pids), 0
+    for _ in iterator:
+        count += 1
+    wall, cpu = time.perf_counter() - wall, cpu_seconds(pids) - cpu
+    rss = [peak_rss_mib(pid) for pid in pids[1:]]
+    return wall / max(count, 1), cpu / max(count, 1), rss, tuple(first["pixel_values"].shape)
+
+
+def run(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in RESOLUTIONS:
+            meta = make_clips(Path(tmp), width, height, args.clips, args.length)
+            repeat = -(-args.samples // args.clips)
+            raw, raw_cpu = time_raw(build_train_dataloader(config(meta, args, 0, repeat), rank=0, world_size=1),
+                                    args.samples)
+            for workers in sorted({1, args.workers}):
+                train = build_train_dataloader(config(meta, args, workers, repeat), rank=0, world_size=1,
+                                               float_pixels=not args.uint8_pixels)
+                per_sample, cpu, rss, shape = time_loader(train)
+                decoded = 2 * shape[1]  # video + control frames per sample
+                rows.append({"source": f"{width}x{height}", "target": f"{shape[-1]}x{shape[-2]}x{shape[1]}",
+                             "workers": workers, "raw_samples_s": 1 / raw, "loader_samples_s": 1 / per_sample,
+                             "loader_frames_s": decoded / per_sample, "ratio": raw / per_sample,
+                             "cpu_ratio": raw_cpu / cpu, "peak_rss_mib_per_worker": [round(r) for r in rss]})
+                del train
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="N for the N-worker run.")
+    parser.add_argument("--samples", type=int, default=16, help="Samples timed per run.")
+    parser.add_argument("--clips", type=int, default=4, help="Distinct clips per resolution.")
+    parser.add_argument("--length", type=int, default=49, help="Frames per generated clip.")
+    parser.add_argument("--frames", type=int, default=25, help="--video_sample_n_frames.")
+    parser.add_argument("--stride", type=int, default=2, help="--video_sample_stride.")
+    parser.add_argument("--size", type=int, default=512, help="--video_sample_size (bucket side).")
+    parser.add_argument("--uint8_pixels", action="store_true",
+                        help="Leave pixels uint8 (float_pixels=False): the conversion then belongs to the GPU.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
+    args = parser.parse_args(argv)
+    rows = run(args)
+    print(f"{'source':<10} {'batch WxHxF':<13} {'workers':>7} {'raw smp/s':>10} {'loader smp/s':>13} "
+          f"{'frames/s':>9} {'loader/raw':>10} {'CPU raw/loader':>15}  peak RSS/worker MiB")
+    for r in rows:
+        print(f"{r['source']:<10} {r['target']:<13} {r['workers']:>7} {r['raw_samples_s']:>10.2f} "
+              f"{r['loader_samples_s']:>13.2f} {r['loader_frames_s']:>9.1f} {r['ratio']:>10.2f} "
+              f"{r['cpu_ratio']:>15.2f}  {r['peak_rss_mib_per_worker']}")
+    main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"main process peak RSS {main_rss:.0f} MiB; cpu count {os.cpu_count()}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
