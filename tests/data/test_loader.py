@@ -85,3 +85,26 @@ def test_fixed_sizes_without_bucketing_or_adaptation(tiny_cfg, flag):
             assert H == W
         else:
             assert H * W <= (64 if b["data_type"] == "image" else 32) ** 2
+
+
+def test_two_ranks_see_disjoint_samples_and_together_the_whole_epoch(tiny_cfg):
+    per_rank = [{i for b in _epoch(build_train_dataloader(tiny_cfg(), rank=r, world_size=2)) for i in
+                 b["sample_ids"].tolist()} for r in range(2)]
+    assert not per_rank[0] & per_rank[1]
+    assert len(per_rank[0] | per_rank[1]) >= 8  # of 10: at most one odd batch is dropped
+
+
+def test_resumed_loader_with_prefetching_workers_continues_with_the_same_batches(tiny_cfg):
+    cfg = tiny_cfg("--dataloader_num_workers=2")
+    reference = _epoch(build_train_dataloader(cfg, rank=0, world_size=1), epoch=2)
+    first = build_train_dataloader(cfg, rank=0, world_size=1)
+    first.sampler.set_epoch(2)
+    batches = iter(first.loader)
+    next(batches), next(batches)  # the workers have prefetched further than this
+    state = first.sampler.state_dict(batches_consumed=2)
+    resumed = build_train_dataloader(cfg, rank=0, world_size=1)
+    resumed.sampler.load_state_dict(state)
+    resumed.sampler.set_epoch(2)
+    rest = list(resumed.loader)
+    assert [b["sample_ids"].tolist() for b in rest] == [b["sample_ids"].tolist() for b in reference[2:]]
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(rest, reference[2:]))
