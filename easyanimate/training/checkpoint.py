@@ -188,8 +188,10 @@ def verify_files(path: Path, manifest: dict, share: tuple[int, int] = (0, 1)) ->
     return problems
 
 
-def verify(path: Path) -> list[str]:
-    """Every reason ``path`` cannot be resumed from (empty when it verifies). Collective when distributed."""
+def verify(path: Path, *, collective: bool = True) -> list[str]:
+    """Every reason ``path`` cannot be resumed from (empty when it verifies). With ``collective`` (every rank
+    calls it) the ranks split the reading; otherwise this process checks everything (e.g. rank 0 exporting)."""
+    share = (distributed.rank(), distributed.world_size()) if collective else (0, 1)
     problems = []
     try:
         manifest = read_manifest(path)
@@ -198,10 +200,10 @@ def verify(path: Path) -> list[str]:
         elif manifest["step"] != checkpoint_step(path):
             problems.append(f"manifest says step {manifest['step']} but the folder is named {Path(path).name}")
         else:
-            problems = verify_files(Path(path), manifest, (distributed.rank(), distributed.world_size()))
+            problems = verify_files(Path(path), manifest, share)
     except CheckpointError as error:
         problems.append(str(error))
-    return sorted(set(_gather(problems)))
+    return sorted(set(_gather(problems) if collective else problems))
 
 
 def _gather(items: list) -> list:

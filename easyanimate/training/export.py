@@ -65,7 +65,7 @@ def build_transformer(config: dict, state: dict[str, torch.Tensor], where: str) 
 def export(checkpoint: str | Path, out: str | Path, *, layout: str = "diffusers", dtype: str = "fp32",
            config: str | Path | None = None) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
-    problems = verify(checkpoint)
+    problems = verify(checkpoint, collective=False)  # may run on rank 0 alone, inside a training run
     if problems:
         raise CheckpointError(f"{checkpoint} does not verify: {'; '.join(problems)}")
     state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v
