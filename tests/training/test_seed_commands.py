@@ -9,20 +9,22 @@ from trainer_runs import launch, ledger_ids, metrics, seed_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not SEED.exists(), reason="seed document missing")]
 
+# (title, model, processes, launched as `-m easyanimate.train_control` instead of the file path)
 CASES = [
-    ("EasyAnimateV5.1 without deepspeed", "tiny_model_v51", 1),
-    ("EasyAnimateV5.1 with deepspeed", "tiny_model_v51", 2),
-    ("EasyAnimateV5 without deepspeed", "tiny_model_v5", 1),
-    ("EasyAnimateV5 with deepspeed", "tiny_model_v5", 2),
+    ("EasyAnimateV5.1 without deepspeed", "tiny_model_v51", 1, False),
+    ("EasyAnimateV5.1 with deepspeed", "tiny_model_v51", 2, False),
+    ("EasyAnimateV5 without deepspeed", "tiny_model_v5", 1, True),
+    ("EasyAnimateV5 with deepspeed", "tiny_model_v5", 2, True),
 ]
 
 
-@pytest.mark.parametrize("title,model_fixture,processes", CASES, ids=[c[0] for c in CASES])
-def test_seed_command_trains_and_checkpoints(title, model_fixture, processes, request, demo_data, tmp_path):
+@pytest.mark.parametrize("title,model_fixture,processes,as_module", CASES, ids=[c[0] for c in CASES])
+def test_seed_command_trains_and_checkpoints(title, model_fixture, processes, as_module, request, demo_data,
+                                             tmp_path):
     model = request.getfixturevalue(model_fixture)
     output = tmp_path / "out"
     launch_flags, flags = seed_command(title, model=model, data=demo_data, output=output, steps=3)
-    result = launch(launch_flags, flags + ["--sample_ledger"], processes=processes)
+    result = launch(launch_flags, flags + ["--sample_ledger"], processes=processes, as_module=as_module)
     assert result.returncode == 0, result.stderr[-6000:]
     losses = [m["loss"] for m in metrics(output)]
     # One metrics line per step: exactly one rank writes the shared log.

@@ -27,9 +27,11 @@ def train_env() -> dict:
 
 
 def launch(launch_flags: list[str], flags: list[str], *, processes: int = 1, timeout: int = 600,
-           port: int = 29517) -> subprocess.CompletedProcess:
+           port: int = 29517, as_module: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch ... easyanimate/train_control.py FLAGS` (or `-m easyanimate.train_control`)."""
+    entry = ["-m", "easyanimate.train_control"] if as_module else [TRAIN]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags, "--num_processes", str(processes),
-           "--num_machines", "1", "--main_process_port", str(port), TRAIN, *flags]
+           "--num_machines", "1", "--main_process_port", str(port), *entry, *flags]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=train_env(), cwd=REPO)
 
 
