@@ -35,3 +35,16 @@ def demo_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo-data")
     make_demo_data(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v51_original(tmp_path_factory) -> Path:
+    """EasyAnimate's own layout (what users have on disk), transformer and VAE from the shared fixture."""
+    from easyanimate.models.tiny import make_tiny_model
+    return make_tiny_model("v5.1", tmp_path_factory.mktemp("models") / "tiny-v5.1-original", layout="original")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v5_original(tmp_path_factory) -> Path:
+    from easyanimate.models.tiny import make_tiny_model
+    return make_tiny_model("v5", tmp_path_factory.mktemp("models") / "tiny-v5-original", layout="original")

@@ -1,0 +1,48 @@
+"""The seed's commands on a model folder in EasyAnimate's own layout; the result exports both ways and loads back."""
+
+import shutil
+
+import pytest
+import torch
+from diffusers import EasyAnimateTransformer3DModel
+
+from easyanimate.models import load_model_spec
+from easyanimate.models.loading import load_transformer
+from easyanimate.training.export import export
+from seed_commands import SEED
+from trainer_runs import CONFIGS, launch, metrics, seed_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not SEED.exists(), reason="seed document missing")]
+
+CASES = [("EasyAnimateV5.1 without deepspeed", "tiny_model_v51_original",
+          "easyanimate_video_v5.1_magvit_qwen.yaml"),
+         ("EasyAnimateV5 without deepspeed", "tiny_model_v5_original",
+          "easyanimate_video_v5_magvit_multi_text_encoder.yaml")]
+
+
+@pytest.mark.parametrize("title,model_fixture,yaml", CASES, ids=[c[0] for c in CASES])
+def test_original_layout_folder_trains_and_exports_both_ways(title, model_fixture, yaml, request, demo_data,
+                                                             tmp_path):
+    model = request.getfixturevalue(model_fixture)
+    output = tmp_path / "out"
+    launch_flags, flags = seed_command(title, model=model, data=demo_data, output=output, steps=2)
+    result = launch(launch_flags, flags)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "original layout" in result.stderr
+    assert len(metrics(output)) == 2
+    checkpoint = output / "checkpoint-2"
+
+    diffusers_folder = export(checkpoint, tmp_path / "diffusers-transformer")
+    trained = EasyAnimateTransformer3DModel.from_pretrained(diffusers_folder)
+
+    # Back into the user's own layout: the model folder with its transformer/ replaced, loaded strictly.
+    original_model = tmp_path / "original-model"
+    shutil.copytree(model, original_model)
+    shutil.rmtree(original_model / "transformer")
+    export(checkpoint, original_model / "transformer", layout="original")
+    reloaded = load_transformer(original_model, load_model_spec(CONFIGS / yaml))
+    trained_state, reloaded_state = trained.state_dict(), reloaded.state_dict()
+    assert trained_state.keys() == reloaded_state.keys()
+    assert all(torch.equal(trained_state[k], reloaded_state[k]) for k in trained_state)
+    initial = load_transformer(model, load_model_spec(CONFIGS / yaml))
+    assert not torch.equal(initial.proj_out.weight, trained.proj_out.weight)
