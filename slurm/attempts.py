@@ -60,12 +60,13 @@ def _first_signal(nodes: list[dict]) -> Optional[dict]:
     return min(received, key=lambda s: s["time"]) if received else None
 
 
-def _interruption(ev: Evidence, signal_time: float) -> str:
+def _interruption(ev: Evidence, signal_time: float) -> tuple[str, str]:
+    """(kind, why) of an interruption signalled at ``signal_time``."""
     if ev.preempt_time:
-        return PREEMPTED
+        return PREEMPTED, "SLURM preempted the job for a higher-priority one"
     if ev.end_time is not None and ev.end_time - signal_time <= ev.signal_lead_s + TIMEOUT_SLACK_S:
-        return TIMED_OUT
-    return PREEMPTED  # a signal well before the time limit: scancel --signal, an admin, a drain
+        return TIMED_OUT, f"signal {ev.end_time - signal_time:.0f}s before the time limit"
+    return PREEMPTED, "signal well before the time limit (scancel --signal, scontrol requeue, an admin)"
 
 
 def classify(ev: Evidence) -> Outcome:
@@ -76,15 +77,14 @@ def classify(ev: Evidence) -> Outcome:
     marker = ev.requeue_marker
     if marker is not None:
         signal_time = marker.get("signal_received_at") or (first or {}).get("time") or marker.get("time")
-        kind = _interruption(ev, signal_time)
+        kind, why = _interruption(ev, signal_time)
         latency = round(marker["time"] - signal_time, 3) if signal_time else None
+        saved = f"{marker.get('signal')} ({why}) -> checkpoint at step {marker.get('step')} committed by every rank"
         common = dict(step=marker.get("step"), checkpoint=marker.get("checkpoint"), save_latency_s=latency)
         if ev.batch_signal == "TERM":
-            return Outcome(kind, f"{marker.get('signal')} -> checkpoint at step {marker.get('step')} committed by "
-                           "every rank; SLURM itself is ending this attempt (scontrol requeue, preemption or "
-                           "scancel) and requeues it unless cancelled", **common)
-        return Outcome(kind, f"{marker.get('signal')} -> checkpoint at step {marker.get('step')} committed by "
-                       "every rank", requeue=True, **common)
+            return Outcome(kind, f"{saved}; SLURM itself is ending this attempt and requeues it unless it was "
+                           "cancelled", **common)
+        return Outcome(kind, saved, requeue=True, **common)
     finished = [n for n in ev.nodes if "exit_code" in n]
     crashed = [n for n in finished if n["exit_code"] != 0 and not n.get("signals")]
     if crashed:
@@ -95,12 +95,12 @@ def classify(ev: Evidence) -> Outcome:
         missing = sorted(set(range(ev.expected_nodes)) - {n["node_rank"] for n in finished})
         return Outcome(NODE_FAILURE, f"node(s) {missing} never reported an exit: died or lost", requeue=True)
     if first is not None:
-        kind = _interruption(ev, first["time"])
+        kind, why = _interruption(ev, first["time"])
         if ev.batch_signal == "TERM":
             return Outcome(CANCELLED if kind == PREEMPTED and not ev.preempt_time else kind,
-                           f"{first['name']} then SIGTERM from SLURM before a checkpoint committed")
-        return Outcome(kind, f"{first['name']} but no checkpoint committed; resumes from the last periodic one",
-                       requeue=True)
+                           f"{first['name']} ({why}), then SIGTERM from SLURM before a checkpoint committed")
+        return Outcome(kind, f"{first['name']} ({why}) but no checkpoint committed; resumes from the last "
+                       "periodic one", requeue=True)
     if ev.batch_signal == "TERM":
         return Outcome(CANCELLED, "SIGTERM from SLURM (scancel or time limit) before training reacted")
     return Outcome(CRASHED, f"training stopped (srun exit {ev.srun_status}) without reaching its last step")

@@ -48,16 +48,16 @@ def env_file(spec: JobSpec, node: NodeContext) -> Path:
 
 def training_env(spec: JobSpec) -> dict[str, str]:
     """Variables the training processes must see, whatever the image or the host set."""
-    cache = Path(spec.job_dir) / "cache"
     env = {
         # torchrun's agent forwards SIGTERM to the workers, then SIGKILLs them after this many seconds: give a
         # signal-triggered save as long as SLURM gives the job.
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(30, spec.signal_lead_s)),
         "TORCH_FR_DUMP_TEMP_FILE": str(Path(spec.job_dir) / "nccl_trace" / "rank_"),
-        "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
-        "TRITON_CACHE_DIR": str(cache / "triton"),
         "PYTHONUNBUFFERED": "1",
     }
+    if spec.cache_dir:  # DeepSpeed's JIT ops compile once per cache, not once per job
+        cache = os.path.abspath(os.path.expanduser(spec.cache_dir))
+        env.update(TORCH_EXTENSIONS_DIR=f"{cache}/torch_extensions", TRITON_CACHE_DIR=f"{cache}/triton")
     if spec.gpus_per_node == 0:
         env["DS_ACCELERATOR"] = "cpu"
     env.update(nccl.environment(spec.nccl, {}, collective_timeout_min=spec.collective_timeout_min))
@@ -92,6 +92,8 @@ def binds(spec: JobSpec) -> list[str]:
     read_only = [root] + [p for p in dict.fromkeys(os.path.abspath(p) for p in spec.data_paths)
                           if not _covered(p, [root])]
     writable = [os.path.abspath(spec.job_dir)]
+    if spec.cache_dir:
+        writable.append(os.path.abspath(os.path.expanduser(spec.cache_dir)))
     output = os.path.abspath(spec.output_dir)
     if not _covered(output, writable):
         writable.append(output)

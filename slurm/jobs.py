@@ -4,7 +4,6 @@ through submitit's LocalExecutor. ``submit.py`` is a thin CLI over these functio
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -142,11 +141,15 @@ def submit(spec: JobSpec) -> str:
     if done.returncode != 0:
         raise SpecError(f"sbatch refused the job: {done.stderr.strip()}")
     job_id = done.stdout.strip().split(";")[0]
-    jobs_file = job_dir / "jobs.json"
-    jobs = json.loads(jobs_file.read_text()) if jobs_file.exists() else []
-    attempts.write_json(jobs_file, {"jobs": [*(jobs.get("jobs", []) if isinstance(jobs, dict) else jobs),
-                                             {"job_id": job_id, "submitted": time.time()}]})
+    _record_job(job_dir, job_id, local=False)
     return job_id
+
+
+def _record_job(job_dir: Path, job_id: str, *, local: bool) -> None:
+    """job_dir/jobs.json lists every job submitted from this folder (status reads it)."""
+    known = (attempts.read_json(job_dir / "jobs.json") or {}).get("jobs", [])
+    attempts.write_json(job_dir / "jobs.json", {"jobs": [*known, {"job_id": job_id, "local": local,
+                                                                  "submitted": time.time()}]})
 
 
 # --- the same job on this machine ----------------------------------------------------------------------------
@@ -192,5 +195,6 @@ def run_local(spec: JobSpec) -> dict:
     executor.update_parameters(timeout_min=max(1, spec.time_s // 60), signal_delay_s=spec.signal_lead_s,
                                tasks_per_node=1, nodes=1, gpus_per_node=spec.gpus_per_node)
     job = executor.submit(LocalJob(spec))
+    _record_job(Path(spec.job_dir), str(job.job_id), local=True)
     logger.info("local job %s: logs in %s and %s", job.job_id, job.paths.stdout, job.paths.stderr)
     return job.result()

@@ -56,6 +56,8 @@ class JobSpec:
     image: Optional[str] = opt(None, "Apptainer image (.sif) built from containers/easyanimate.def.")
     binds: list[str] = opt([], "Extra Apptainer binds SRC[:DST[:ro]]; model and data folders are bound "
                            "read-only and the output folder writable automatically.")
+    cache_dir: Optional[str] = opt(None, "Writable compile caches (TORCH_EXTENSIONS_DIR, TRITON_CACHE_DIR) shared by "
+                                   "jobs; default: the tools' own under $HOME (Apptainer binds $HOME).")
     nccl: str = opt("auto", f"NCCL profile: {', '.join(NCCL_PROFILE_NAMES)} (see slurm/nccl.py).")
     env: dict[str, str] = opt({}, "Explicit environment for the training processes (K=V); wins over the NCCL "
                               "profile and the image.")
@@ -160,7 +162,7 @@ def _no_control_chars(name: str, value: str) -> None:
 
 def validate(spec: JobSpec) -> None:
     """Raise SpecError naming the option and the fix; called once, before rendering."""
-    for name in ("name", "job_dir", "image", "partition", "account", "qos", "constraint", "mem", "root",
+    for name in ("name", "job_dir", "image", "cache_dir", "partition", "account", "qos", "constraint", "mem", "root",
                  "python", "train_python", "output_dir"):
         value = getattr(spec, name)
         if value is not None:

@@ -16,8 +16,12 @@ from slurm import spec as specs
 ERROR_LINES = 6
 
 
+def submitted(job_dir: Path) -> list[dict]:
+    return (attempts.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
+
+
 def job_ids(job_dir: Path) -> list[str]:
-    listed = [j["job_id"] for j in (attempts.read_json(job_dir / "jobs.json") or {}).get("jobs", [])]
+    listed = [j["job_id"] for j in submitted(job_dir)]
     seen = [p.name.partition(".")[0] for p in attempts.attempt_dirs(job_dir)]
     return list(dict.fromkeys(listed + seen))
 
@@ -63,9 +67,11 @@ def status(job_dir: Path) -> dict:
             row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
         rows.append(row)
     output = Path(spec.output_dir)
+    local = {j["job_id"] for j in submitted(job_dir) if j.get("local")}
     return {
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
-        "jobs": {job_id: slurm_state(job_id) for job_id in job_ids(job_dir)},
+        "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
+                 for job_id in job_ids(job_dir)},
         "attempts": rows,
         "latest_checkpoint": attempts.latest_checkpoint(output),
         "markers": {name: attempts.read_json(output / name)
@@ -82,7 +88,7 @@ def format_status(s: dict) -> str:
     lines = [f"job {s['name']!r} in {s['job_dir']}"]
     for job_id, state in s["jobs"].items():
         extra = f", restarts {state['restarts']}" if "restarts" in state else ""
-        lines.append(f"  SLURM job {job_id}: {state['state']}{extra}")
+        lines.append(f"  job {job_id}: {state['state']}{extra}")
     lines.append("  attempts:")
     for row in s["attempts"]:
         took = f"{row['ended'] - row['started']:.0f}s" if row["ended"] and row["started"] else "-"

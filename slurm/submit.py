@@ -86,17 +86,15 @@ def submit_main(argv: list[str]) -> int:
                                                                   template=True)))
             return 0
         spec = jobs.build_spec(args, job_file=job_file, extra=extra)
+        if local:
+            return _run_local(spec)
         warnings = jobs.lead_time_warnings(spec, jobs.measured_save_s(Path(spec.job_dir)),
-                                           None if dry_run or local else jobs.partition_grace_s(spec.partition))
+                                           None if dry_run else jobs.partition_grace_s(spec.partition))
         if dry_run:
             sys.stdout.write(jobs.dry_run_text(spec, warnings))
             return 0
         for warning in warnings:
             logging.warning(warning)
-        if local:
-            outcome = jobs.run_local(spec)
-            print(f"{outcome['kind']}: {outcome['detail']}")
-            return 0
         job_id = jobs.submit(spec)
     except SpecError as error:
         print(f"submit.py: {error}", file=sys.stderr)
@@ -105,6 +103,17 @@ def submit_main(argv: list[str]) -> int:
           f"  watch:  python slurm/submit.py status {spec.job_dir}\n"
           f"  logs:   python slurm/submit.py logs {spec.job_dir}\n"
           f"  cancel: python slurm/submit.py cancel {spec.job_dir}")
+    return 0
+
+
+def _run_local(spec) -> int:
+    try:
+        outcome = jobs.run_local(spec)
+    except RuntimeError as error:  # submitit's FailedJobError carries the job's traceback
+        print(f"local job failed: {str(error).strip().splitlines()[-1]}\n"
+              f"  details: python slurm/submit.py status {spec.job_dir}", file=sys.stderr)
+        return 1
+    print(f"{outcome['kind']}: {outcome['detail']}")
     return 0
 
 

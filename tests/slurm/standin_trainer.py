@@ -4,7 +4,8 @@ torchrun agent, gloo workers) but that trains nothing: a few floats change deter
 It honours the trainer's contract with the SLURM layer: the seed's flags, --resume_from_checkpoint latest,
 checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the real PreemptionHandler (signal
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
-STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step.
+STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step. Each rank writes
+where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
 
 import json
@@ -56,6 +57,10 @@ def main(argv: list[str]) -> int:
     output.mkdir(parents=True, exist_ok=True)
     signals.clear_requeue_marker(output)
     handler = signals.PreemptionHandler().install()
+    where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": argv,
+             "node": os.environ.get("SLURM_NODEID"), "restart": os.environ.get("SLURM_RESTART_COUNT")}
+    (output / "ranks").mkdir(exist_ok=True)
+    (output / "ranks" / f"rank{distributed.rank()}.json").write_text(json.dumps(where))
     step, weights = 0, [1.0, 2.0, 3.0]
     resume = latest_checkpoint(output) if cfg.resume_from_checkpoint == "latest" else None
     if resume is not None:
