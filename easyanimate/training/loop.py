@@ -188,6 +188,8 @@ def end_epoch_if_done(run: Run, cursor: Cursor) -> int | None:
     if cursor.batches_consumed < run.steps_per_epoch:
         return None
     cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+    # The sampler moves with the cursor: a checkpoint taken at this step must record the new epoch's order.
+    run.data.sampler.set_epoch(cursor.epoch)
     return cursor.epoch - 1
 
 

@@ -32,13 +32,14 @@ def env(mode: str) -> dict:
     return out
 
 
-def launch_flags(mode: str, workdir: Path, processes: int = 2) -> list[str]:
+def launch_flags(mode: str, workdir: Path, processes: int = 2, ds_config: Path | None = None) -> list[str]:
     flags = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
              "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     if mode == "deepspeed":
-        config = workdir / "zero2_cpu.json"
-        config.write_text(json.dumps(ZERO2_CPU))
-        return ["--use_deepspeed", "--deepspeed_config_file", str(config), *flags]
+        if ds_config is None:
+            ds_config = workdir / "zero2_cpu.json"
+            ds_config.write_text(json.dumps(ZERO2_CPU))
+        return ["--use_deepspeed", "--deepspeed_config_file", str(ds_config), *flags]
     return ["--multi_gpu", *flags]
 
 
@@ -63,13 +64,14 @@ class Launched:
         return self.log.read_text()
 
 
-def start(mode: str, program: list[str], workdir: Path, *, processes: int = 2, extra_env: dict | None = None
+def start(mode: str, program: list[str], workdir: Path, *, processes: int = 2, ds_config: Path | None = None
           ) -> Launched:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(mode, workdir, processes), *program]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(mode, workdir, processes, ds_config),
+           *program]
     log = workdir / f"launch-{len(list(workdir.glob('launch-*.log')))}.log"
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                   env={**env(mode), **(extra_env or {})}, start_new_session=True)
+                                   env=env(mode), start_new_session=True)
     return Launched(process, log)
 
 

@@ -52,22 +52,37 @@ def test_markers_record_step_signal_and_checkpoint(handler, tmp_path):
 
 
 class SignalsItself(Dataset):
-    """Each item sends SIGUSR1 to the worker loading it, as slurmstepd does to every process of the step."""
+    """Each item signals the worker loading it, as slurmstepd signals every process of the step."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
 
     def __len__(self):
         return 2
 
     def __getitem__(self, index):
-        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), self.signum)
         return index
 
 
-def test_dataloader_worker_survives_sigusr1_only_with_the_worker_init_fn():
-    with_helper = DataLoader(SignalsItself(), num_workers=1, worker_init_fn=signals.worker_init_fn)
-    assert [int(batch) for batch in with_helper] == [0, 1]
-    without = DataLoader(SignalsItself(), num_workers=1, timeout=60)
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])
+def test_dataloader_worker_with_the_worker_init_fn_survives_slurm_signals(handler, signum):
+    loader = DataLoader(SignalsItself(signum), num_workers=1, worker_init_fn=signals.worker_init_fn)
+    assert [int(batch) for batch in loader] == [0, 1]
+
+
+def test_dataloader_worker_dies_of_sigterm_even_though_the_main_process_handles_it(handler):
+    # torch's worker set-up installs a C SIGTERM handler that re-raises any SIGTERM not sent by the parent.
+    loader = DataLoader(SignalsItself(signal.SIGTERM), num_workers=1, timeout=60)
     with pytest.raises(RuntimeError, match="killed by signal|exited unexpectedly"):
-        list(without)
+        list(loader)
+
+
+def test_dataloader_worker_without_a_handler_dies_of_sigusr1():
+    # The default action of USR1/USR2 is to terminate (a spawned worker, or one forked before install()).
+    loader = DataLoader(SignalsItself(signal.SIGUSR1), num_workers=1, timeout=60)
+    with pytest.raises(RuntimeError, match="killed by signal|exited unexpectedly"):
+        list(loader)
 
 
 def test_rng_capture_restore_replays_every_stream():
