@@ -22,11 +22,13 @@ from easyanimate.logs import setup_logging  # noqa: E402
 logger = logging.getLogger("easyanimate.train_control")
 
 
-def write_config_dump(cfg: config_mod.TrainConfig) -> None:
+def write_config_dump(cfg: config_mod.TrainConfig, model_layout: str) -> None:
+    """output_dir/config.json: every effective option, plus what was detected (the model folder's layout)."""
     if distributed.is_main():
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_mod.to_dict(cfg), indent=2, sort_keys=True))
+        dump = config_mod.to_dict(cfg) | {"detected": {"model_layout": model_layout}}
+        (out / "config.json").write_text(json.dumps(dump, indent=2, sort_keys=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as error:
         logger.error("%s", error)
         return 2
-    write_config_dump(cfg)
+    write_config_dump(cfg, run.model_layout)
     code = train(run, preemption)
     if code == 0 and distributed.is_main():
         signals.write_complete_marker(cfg.output_dir, run.max_train_steps)

@@ -13,6 +13,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from easyanimate.config import ConfigError, TrainConfig
+from easyanimate.data.transforms import to_unit_range
 from easyanimate.training import losses, timesteps
 
 # The sigma loss (V1-V3) always used a 1000-step linear-beta schedule, whatever the model folder ships.
@@ -28,8 +29,12 @@ class StepOutput:
 
 
 def encode_pixels(vae, pixels: torch.Tensor, mini_batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, F, 3, H, W) in [-1, 1] -> scaled latents (B, C, T, h, w), ``mini_batch`` videos per VAE call."""
-    video = pixels.permute(0, 2, 1, 3, 4).to(device=vae.device, dtype=vae.dtype)
+    """(B, F, 3, H, W) uint8 (or float in [-1, 1]) -> scaled latents (B, C, T, h, w), ``mini_batch`` videos per
+    VAE call. uint8 is converted on the VAE's device."""
+    video = pixels.permute(0, 2, 1, 3, 4).to(device=vae.device)
+    if video.dtype == torch.uint8:
+        video = to_unit_range(video)
+    video = video.to(vae.dtype)
     chunks = []
     with torch.no_grad():
         for start in range(0, video.shape[0], mini_batch):

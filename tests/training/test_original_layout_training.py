@@ -1,5 +1,6 @@
 """The seed's commands on a model folder in EasyAnimate's own layout; the result exports both ways and loads back."""
 
+import json
 import shutil
 
 import pytest
@@ -29,6 +30,7 @@ def test_original_layout_folder_trains_and_exports_both_ways(title, model_fixtur
     result = launch(launch_flags, flags)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "original layout" in result.stderr
+    assert json.loads((output / "config.json").read_text())["detected"]["model_layout"] == "original"
     assert len(metrics(output)) == 2
     checkpoint = output / "checkpoint-2"
 
