@@ -1,5 +1,7 @@
-"""Two real processes (gloo on CPU), with and without DeepSpeed ZeRO-2: every rank saves and loads its own
-state, a save killed halfway is never resumed from, a truncated shard is skipped, retention keeps the newest."""
+"""Two real processes under DeepSpeed ZeRO-2 (gloo on CPU): every rank saves and loads its own state, a save
+killed halfway is never resumed from, a signal reaching one rank stops both, a truncated shard is skipped,
+retention keeps the newest, and export merges the ZeRO partitions. (Plain DDP runs the same Checkpointer in
+test_exact_resume.py; the single-process cases are in test_checkpointer.py.)"""
 
 from __future__ import annotations
 
@@ -24,45 +26,51 @@ def result(out: Path) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
-@pytest.mark.parametrize("mode", ["plain", "deepspeed"])
-def test_interrupted_and_corrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(mode, tmp_path):
+def test_zero2_runs_killed_signalled_or_corrupted_end_bitwise_equal_to_an_uninterrupted_one(tiny_model_v51,
+                                                                                              tmp_path):
+    from diffusers import EasyAnimateTransformer3DModel
+
+    from ckpt_worker import weights_sha
+    from easyanimate.training.export import export
+    mode, model = "deepspeed", ("--transformer", str(tiny_model_v51 / "transformer"))
     straight = tmp_path / "straight"
-    code, log = worker(mode, straight, "--steps", "6", "--total_limit", "2")
+    code, log = worker(mode, straight, *model, "--steps", "6", "--total_limit", "2")
     assert code == 0, log
     expected = result(straight)["weights"]
     assert len(set(expected)) == 1  # both ranks hold the same weights
     assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     files = read_manifest(straight / "checkpoint-6")["files"]
-    assert {"rank_states/rank00000.pt", "rank_states/rank00001.pt"} <= set(files)
-    if mode == "deepspeed":
-        assert {f"pytorch_model/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= set(files)
-    else:
-        assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(files)
+    assert {"rank_states/rank00000.pt", "rank_states/rank00001.pt", "random_states_0.pkl",
+            "random_states_1.pkl"} | {f"pytorch_model/zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+                                      for r in (0, 1)} <= set(files)
+    # Export merges both ranks' fp32 partitions into the weights training ended with.
+    exported = EasyAnimateTransformer3DModel.from_pretrained(export(straight / "checkpoint-6", tmp_path / "export"))
+    assert weights_sha(exported) == expected[0]
+    assert weights_sha(EasyAnimateTransformer3DModel.from_pretrained(tiny_model_v51 / "transformer")) != expected[0]
 
     run_b = tmp_path / "interrupted"
-    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--die_while_saving", "4")
+    code, log = worker(mode, run_b, *model, "--steps", "6", "--total_limit", "2", "--die_while_saving", "4")
     assert code != 0
     assert (run_b / ".tmp-checkpoint-4").is_dir() and not (run_b / "checkpoint-4").exists()
 
     # Restart: the half-written step 4 is ignored; a SIGUSR1 reaching rank 1 alone stops both at step 5.
-    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest",
+    code, log = worker(mode, run_b, *model, "--steps", "6", "--total_limit", "2", "--resume", "latest",
                        "--signal_rank1_at", "5")
     assert code != 0, log  # the launcher turns the requeue code into 1: hence the marker
     assert f"resuming from {run_b / 'checkpoint-2'}" in log
     assert json.loads((run_b / "requeue.json").read_text())["step"] == 5
     assert not (run_b / ".tmp-checkpoint-4").exists()
 
-    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest")
+    code, log = worker(mode, run_b, *model, "--steps", "6", "--total_limit", "2", "--resume", "latest")
     assert code == 0, log
     assert f"resuming from {run_b / 'checkpoint-5'}" in log
     assert result(run_b)["weights"] == expected
 
     # A truncated shard in the newest checkpoint: skipped with a warning, the older one is used.
-    shard = run_b / "checkpoint-6" / ("pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"
-                                      if mode == "deepspeed" else "model.safetensors")
+    shard = run_b / "checkpoint-6" / "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     (run_b / "result.json").unlink()
-    code, log = worker(mode, run_b, "--steps", "6", "--total_limit", "2", "--resume", "latest")
+    code, log = worker(mode, run_b, *model, "--steps", "6", "--total_limit", "2", "--resume", "latest")
     assert code == 0, log
     assert "skipping" in log and "truncated" in log and shard.name in log
     assert f"resuming from {run_b / 'checkpoint-5'}" in log
@@ -73,17 +81,3 @@ def test_interrupted_and_corrupted_runs_end_bitwise_equal_to_an_uninterrupted_on
 def test_requeue_code_is_distinct_from_failures():
     assert signals.REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 137, 143)
 
-
-def test_zero2_checkpoint_exports_the_trained_transformer(tiny_model_v51, tmp_path):
-    from diffusers import EasyAnimateTransformer3DModel
-
-    from ckpt_worker import weights_sha
-    from easyanimate.training.export import export
-    out = tmp_path / "run"
-    code, log = worker("deepspeed", out, "--steps", "2", "--transformer", str(tiny_model_v51 / "transformer"))
-    assert code == 0, log
-    assert read_manifest(out / "checkpoint-2")["deepspeed"]
-    exported = EasyAnimateTransformer3DModel.from_pretrained(export(out / "checkpoint-2", tmp_path / "export"))
-    trained = result(out)["weights"][0]
-    assert weights_sha(exported) == trained
-    assert weights_sha(EasyAnimateTransformer3DModel.from_pretrained(tiny_model_v51 / "transformer")) != trained
