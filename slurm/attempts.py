@@ -91,9 +91,13 @@ def classify(ev: Evidence) -> Outcome:
         n = crashed[0]
         return Outcome(CRASHED, f"node {n['node_rank']} ({n.get('hostname')}) exited {n['exit_code']} without "
                        "a preemption signal; not requeued (see its log)")
-    if len(finished) < ev.expected_nodes:
-        missing = sorted(set(range(ev.expected_nodes)) - {n["node_rank"] for n in finished})
-        return Outcome(NODE_FAILURE, f"node(s) {missing} never reported an exit: died or lost", requeue=True)
+    # A node that neither exited nor heard a signal died without being told (a node killed after SLURM's
+    # KillWait still recorded the signal that preceded it).
+    reported = {n["node_rank"]: n for n in ev.nodes}
+    silent = [r for r in range(ev.expected_nodes)
+              if r not in reported or ("exit_code" not in reported[r] and not reported[r].get("signals"))]
+    if silent:
+        return Outcome(NODE_FAILURE, f"node(s) {silent} never reported an exit: died or lost", requeue=True)
     if first is not None:
         kind, why = _interruption(ev, first["time"])
         if ev.batch_signal == "TERM":

@@ -63,26 +63,23 @@ def slurm_context(environ: dict[str, str]) -> NodeContext:
 # --- begin ---------------------------------------------------------------------------------------------------
 
 def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
-    """Earlier attempts of this job that our ``end`` did not close (or closed as cancelled) were requeued by
-    SLURM itself: a preemption or scontrol requeue, or a node failure when no node saw a signal."""
+    """Earlier attempts of this job that our ``end`` did not close (SLURM killed the batch shell after KillWait),
+    or closed as cancelled, were requeued by SLURM itself: classify them from what they left behind."""
     for folder in attempts.attempt_dirs(Path(spec.job_dir)):
         job, _, restart = folder.name.partition(".")
         record = attempts.read_json(folder / "attempt.json")
         if job != node.job_id or int(restart) >= node.restart_count or record is None:
             continue
-        outcome = record.get("outcome")
-        if outcome is not None and outcome["kind"] != attempts.CANCELLED:
+        if record.get("outcome") is not None and record["outcome"]["kind"] != attempts.CANCELLED:
             continue
-        nodes = attempts.node_records(folder)
-        signalled = any(n.get("signals") for n in nodes)
-        kind = attempts.PREEMPTED if signalled or outcome is not None else attempts.NODE_FAILURE
-        record["outcome"] = {**(outcome or {}), "kind": kind, "requeue": False,
-                             "detail": "requeued by SLURM (" + ("preemption or scontrol requeue" if kind ==
-                                                                attempts.PREEMPTED else "node failure") + ")",
-                             "ended": (outcome or {}).get("ended") or max(
-                                 [n.get("ended", 0) for n in nodes] + [record["started"]])}
+        # SLURM's view has moved on to this attempt; the batch shell of that one got SIGTERM (or SIGKILL).
+        outcome = attempts.classify(gather(spec, folder, node.num_nodes, 0, "TERM", job_info={}))
+        if outcome.kind == attempts.CANCELLED:
+            outcome.kind = attempts.PREEMPTED
+        outcome.requeue, outcome.detail = False, f"requeued by SLURM: {outcome.detail}"
+        record["outcome"] = attempts.outcome_dict(outcome)
         attempts.write_json(folder / "attempt.json", record)
-        logger.warning("attempt %s: %s", folder.name, record["outcome"]["detail"])
+        logger.warning("attempt %s: %s, %s", folder.name, outcome.kind, outcome.detail)
 
 
 def history(spec: JobSpec, job_id: str, *, before: str) -> list[dict]:
@@ -119,18 +116,24 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
 # --- node ----------------------------------------------------------------------------------------------------
 
 class SignalLog:
-    """Records every preemption-type signal this launcher receives; forwards it to the child when asked."""
+    """Records every preemption-type signal this launcher receives, on disk at once (SLURM may SIGKILL us after
+    KillWait); forwards it to the child's process group when asked (local runs: no slurmstepd to do it)."""
 
-    def __init__(self, forward_to: subprocess.Popen | None = None):
-        self.received: list[dict] = []
-        self.forward_to = forward_to
+    def __init__(self, record: dict, path: Path, forward_to: subprocess.Popen | None = None):
+        self.record, self.path, self.forward_to = record, path, forward_to
+
+    @property
+    def received(self) -> list[dict]:
+        return self.record["signals"]
 
     def install(self) -> None:
         for sig in RECORDED_SIGNALS:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame) -> None:
+        # A Python-level handler runs between bytecodes of the main thread, so file I/O here is safe.
         self.received.append({"name": signal.Signals(signum).name.removeprefix("SIG"), "time": time.time()})
+        attempts.write_json(self.path, self.record)
         if self.forward_to is not None and self.forward_to.poll() is None:
             os.killpg(self.forward_to.pid, signum)
 
@@ -163,10 +166,10 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root, start_new_session=forward_signals)
-    signals = SignalLog(child if forward_signals else None)
+    signals = SignalLog(record, record_path, child if forward_signals else None)
     signals.install()
     exit_code = child.wait()
-    record.update(signals=signals.received, exit_code=exit_code, ended=time.time())
+    record.update(exit_code=exit_code, ended=time.time())
     attempts.write_json(record_path, record)
     logger.info("node %d: training exited %d; signals seen: %s", node.node_rank, exit_code,
                 [s["name"] for s in signals.received] or "none")
@@ -177,18 +180,18 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
 
 # --- end -----------------------------------------------------------------------------------------------------
 
-def gather(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str) -> attempts.Evidence:
-    folder = command.attempt_dir(spec, node)
+def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_signal: str, *,
+           job_info: dict[str, str]) -> attempts.Evidence:
+    """What one attempt left behind: node records, the trainer's markers, SLURM's view of the job."""
     record = attempts.read_json(folder / "attempt.json") or {"started": 0.0}
-    info = attempts.scontrol_job(node.job_id)
     output = Path(spec.output_dir)
     return attempts.Evidence(
-        started=record["started"], now=time.time(), expected_nodes=node.num_nodes,
+        started=record["started"], now=time.time(), expected_nodes=num_nodes,
         nodes=attempts.node_records(folder), srun_status=srun_status, batch_signal=batch_signal,
         requeue_marker=attempts.fresh_marker(output, attempts.REQUEUE_MARKER, record["started"]),
         complete_marker=attempts.fresh_marker(output, attempts.COMPLETE_MARKER, record["started"]),
-        preempt_time=attempts.slurm_time(info.get("PreemptTime")) is not None,
-        end_time=attempts.slurm_time(info.get("EndTime")), signal_lead_s=spec.signal_lead_s)
+        preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
+        end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s)
 
 
 def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,
@@ -196,7 +199,8 @@ def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *
     """Classify this attempt, record it, requeue if warranted. Returns (exit code, outcome)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own requeue sends SIGTERM to this batch shell
     folder = command.attempt_dir(spec, node)
-    outcome = attempts.classify(gather(spec, node, srun_status, batch_signal))
+    outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal,
+                                       job_info=attempts.scontrol_job(node.job_id)))
     if outcome.requeue:
         earlier = history(spec, node.job_id, before=node.attempt_id)
         reason = attempts.over_budget(earlier + [{"kind": outcome.kind}], _limits(spec))

@@ -126,3 +126,48 @@ def test_attempts_are_ordered_by_job_then_restart(tmp_path):
     for name in ("12.10", "12.2", "9.0", "12.0"):
         (tmp_path / "attempts" / name).mkdir(parents=True)
     assert [p.name for p in attempts.attempt_dirs(tmp_path)] == ["9.0", "12.0", "12.2", "12.10"]
+
+
+def test_a_node_killed_after_killwait_still_counts_as_signalled_not_failed():
+    nodes = [node(0, None, (("TERM", T0 + 60),)), node(1, None, (("TERM", T0 + 60),))]
+    out = classify(evidence(nodes=nodes, batch_signal="TERM", requeue_marker=marker(signal="SIGTERM")))
+    assert out.kind == "preempted"
+    assert classify(evidence(nodes=nodes, batch_signal="TERM")).kind == "cancelled"
+
+
+# --- begin/end on a job folder (no SLURM needed) -----------------------------------------------------------
+
+def folder_spec(tmp_path, **options):
+    from slurm import jobs
+    return jobs.build_spec({"job_dir": str(tmp_path / "job"), "container": "none", "gpus_per_node": 0,
+                            "nodes": 2, **options}, extra=["--max_train_steps=10"], cwd=tmp_path)
+
+
+def test_an_attempt_slurm_requeued_behind_our_back_is_settled_from_its_traces(tmp_path):
+    from slurm import launch
+    from slurm.command import NodeContext
+    spec = folder_spec(tmp_path)
+    first = NodeContext("7", 2, 0, "node1", "20007", restart_count=0)
+    assert launch.begin(spec, first) == 0
+    folder = tmp_path / "job" / "attempts" / "7.0"
+    for rank in (0, 1):  # SIGKILLed after KillWait: signals recorded, no exit code, no end record
+        attempts.write_json(folder / f"node{rank}.json", node(rank, None, (("TERM", T0 + 1e9),)))
+    attempts.write_json(tmp_path / "job" / "output" / "requeue.json", marker(step=6, received=2e9, committed=2e9 + 1))
+    assert launch.begin(spec, NodeContext("7", 2, 0, "node1", "20007", restart_count=1)) == 0
+    settled = attempts.read_json(folder / "attempt.json")["outcome"]
+    assert settled["kind"] == "preempted" and settled["step"] == 6 and not settled["requeue"]
+    assert settled["detail"].startswith("requeued by SLURM")
+    resumed = attempts.read_json(tmp_path / "job" / "attempts" / "7.1" / "attempt.json")
+    assert resumed["outcome"] is None and resumed["restart_count"] == 1
+
+
+def test_begin_refuses_an_attempt_past_its_budget(tmp_path):
+    from slurm import launch
+    from slurm.command import NodeContext
+    spec = folder_spec(tmp_path, max_node_failures=0)
+    assert launch.begin(spec, NodeContext("9", 2, 0, "node1", "20009", restart_count=0)) == 0
+    # attempt 9.0 left nothing behind (its nodes vanished) and SLURM requeued it: a node failure
+    assert launch.begin(spec, NodeContext("9", 2, 0, "node1", "20009", restart_count=1)) == 3
+    outcomes = [attempts.read_json(p / "attempt.json")["outcome"] for p in attempts.attempt_dirs(tmp_path / "job")]
+    assert [o["kind"] for o in outcomes] == ["node_failure", "budget_exhausted"]
+    assert "max_node_failures=0" in outcomes[1]["detail"]
