@@ -21,6 +21,7 @@ from typing import Optional
 
 REQUEUE_MARKER = "requeue.json"
 COMPLETE_MARKER = "complete.json"
+CANCEL_MARKER = "cancel.json"  # in the job folder: written by `submit.py cancel` before it calls scancel
 # slurmctld checks time limits every 30 s, so the warning signal can come up to ~30 s before --signal's @N.
 TIMEOUT_SLACK_S = 90
 
@@ -52,6 +53,7 @@ class Evidence:
     complete_marker: Optional[dict] = None
     preempt_time: bool = False                         # SLURM set PreemptTime on this job
     end_time: Optional[float] = None                   # SLURM's EndTime (time limit) for this attempt
+    cancel_requested: bool = False                     # `submit.py cancel` ran during this attempt
     signal_lead_s: int = 0
 
 
@@ -75,6 +77,10 @@ def classify(ev: Evidence) -> Outcome:
                        step=ev.complete_marker.get("step"), checkpoint=ev.complete_marker.get("checkpoint"))
     first = _first_signal(ev.nodes)
     marker = ev.requeue_marker
+    if ev.cancel_requested:
+        saved = f"; checkpoint at step {marker.get('step')} committed" if marker else ""
+        return Outcome(CANCELLED, f"cancelled by the user (submit.py cancel){saved}",
+                       step=(marker or {}).get("step"), checkpoint=(marker or {}).get("checkpoint"))
     if marker is not None:
         signal_time = marker.get("signal_received_at") or (first or {}).get("time") or marker.get("time")
         kind, why = _interruption(ev, signal_time)

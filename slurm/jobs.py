@@ -166,6 +166,8 @@ class LocalJob:
 
         from slurm import launch
 
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                            format="%(asctime)s [launch local] %(levelname)s %(message)s")
         job_id = submitit.JobEnvironment().job_id
         restart = sum(1 for p in attempts.attempt_dirs(Path(self.spec.job_dir)) if p.name.startswith(f"{job_id}."))
         node = NodeContext(job_id=job_id, num_nodes=1, node_rank=0, master_addr="127.0.0.1",

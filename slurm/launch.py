@@ -14,6 +14,7 @@ Usage: ``python slurm/launch.py begin|node|end JOB_DIR/job.json [...]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -117,7 +118,7 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
 
 class SignalLog:
     """Records every preemption-type signal this launcher receives, on disk at once (SLURM may SIGKILL us after
-    KillWait); forwards it to the child's process group when asked (local runs: no slurmstepd to do it)."""
+    KillWait); forwards it to the whole training process tree when asked (local runs: no slurmstepd to do it)."""
 
     def __init__(self, record: dict, path: Path, forward_to: subprocess.Popen | None = None):
         self.record, self.path, self.forward_to = record, path, forward_to
@@ -135,7 +136,25 @@ class SignalLog:
         self.received.append({"name": signal.Signals(signum).name.removeprefix("SIG"), "time": time.time()})
         attempts.write_json(self.path, self.record)
         if self.forward_to is not None and self.forward_to.poll() is None:
-            os.killpg(self.forward_to.pid, signum)
+            for pid in process_tree(self.forward_to.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, as slurmstepd's linuxproc tracking sees them (torchrun puts its workers
+    in new sessions, so a process-group signal would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
@@ -165,7 +184,7 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     # through exec; the trainer installs its own handlers, so only the training processes act on them.
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
-    child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root, start_new_session=forward_signals)
+    child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root)
     signals = SignalLog(record, record_path, child if forward_signals else None)
     signals.install()
     exit_code = child.wait()
@@ -191,7 +210,9 @@ def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_
         requeue_marker=attempts.fresh_marker(output, attempts.REQUEUE_MARKER, record["started"]),
         complete_marker=attempts.fresh_marker(output, attempts.COMPLETE_MARKER, record["started"]),
         preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
-        end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s)
+        end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s,
+        cancel_requested=attempts.fresh_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
+        is not None)
 
 
 def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,

@@ -109,6 +109,7 @@ def format_status(s: dict) -> str:
 def cancel(job_dir: Path) -> list[str]:
     """scancel every job of this folder that SLURM still knows; the attempt is then recorded as cancelled."""
     cancelled = []
+    attempts.write_json(Path(job_dir) / attempts.CANCEL_MARKER, {"time": time.time()})
     for job_id in job_ids(Path(job_dir)):
         state = attempts.scontrol_job(job_id).get("JobState")
         if state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "REQUEUE_HOLD"):

@@ -171,3 +171,9 @@ def test_begin_refuses_an_attempt_past_its_budget(tmp_path):
     outcomes = [attempts.read_json(p / "attempt.json")["outcome"] for p in attempts.attempt_dirs(tmp_path / "job")]
     assert [o["kind"] for o in outcomes] == ["node_failure", "budget_exhausted"]
     assert "max_node_failures=0" in outcomes[1]["detail"]
+
+
+def test_a_user_cancel_is_a_cancellation_even_after_the_trainer_saved_on_sigterm():
+    out = classify(evidence(nodes=signalled("TERM"), batch_signal="TERM", requeue_marker=marker(signal="SIGTERM"),
+                            cancel_requested=True))
+    assert (out.kind, out.requeue, out.step) == ("cancelled", False, 40)

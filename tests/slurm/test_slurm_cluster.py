@@ -91,3 +91,16 @@ def test_the_time_limit_signal_is_a_timeout_with_its_own_budget(slurm_env, tmp_p
     assert not outcome["requeue"] and "max_timeouts=0" in outcome["detail"]
     assert outcome["step"] > 0 and Path(outcome["checkpoint"]).is_dir()
     assert state == "FAILED" and sj.attempts.scontrol_job(job_id)["Restarts"] == "0"
+
+
+@pytest.mark.timeout(240)
+def test_cancel_stops_the_job_for_good_and_is_recorded_as_cancelled(slurm_env, tmp_path):
+    spec, job_id = sj.submit(sj.standin_options(tmp_path / "job"), ["--max_train_steps=1000", "--seed=1"])
+    sj.wait_for(lambda: (Path(spec.output_dir) / "ranks" / "rank1.json").exists(), 120, "training to start")
+    done = subprocess.run([sys.executable, "slurm/submit.py", "cancel", spec.job_dir], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert f"cancelled {job_id}" in done.stdout
+    assert sj.wait_finished(job_id, 120) == "CANCELLED"
+    sj.wait_for(lambda: sj.outcomes(Path(spec.job_dir))[-1].get("kind"), 30, "the attempt to be closed")
+    assert [o["kind"] for o in sj.outcomes(Path(spec.job_dir))] == ["cancelled"]
+    assert sj.attempts.scontrol_job(job_id)["Restarts"] == "0"
