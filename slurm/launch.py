@@ -171,6 +171,7 @@ def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
 def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False) -> int:
     folder = command.attempt_dir(spec, node)
     folder.mkdir(parents=True, exist_ok=True)
+    (Path(spec.job_dir) / "nccl_trace").mkdir(exist_ok=True)  # where the flight recorder dumps on a timeout
     env = node_environment(spec, node)
     argv = command.node_argv(spec, node)
     if spec.container == "apptainer":
