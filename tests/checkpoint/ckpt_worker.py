@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ def parse(argv):
     parser.add_argument("--resume", default=None)
     parser.add_argument("--die_while_saving", type=int, default=None)
     parser.add_argument("--signal_rank1_at", type=int, default=None)
+    parser.add_argument("--step_seconds", type=float, default=0, help="sleep per step (to be signalled)")
     parser.add_argument("--transformer", required=True, help="diffusers transformer folder to train")
     return parser.parse_args(argv)
 
@@ -97,6 +99,7 @@ def main(argv) -> int:
         scheduler.step()
         optimizer.zero_grad()
         step += 1
+        time.sleep(args.step_seconds)
         if step == args.signal_rank1_at and rank == 1:
             os.kill(os.getpid(), signal.SIGUSR1)
         stop = preemption.stop_requested()

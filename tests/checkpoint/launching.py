@@ -64,14 +64,14 @@ class Launched:
         return self.log.read_text()
 
 
-def start(mode: str, program: list[str], workdir: Path, *, processes: int = 2, ds_config: Path | None = None
-          ) -> Launched:
+def start(mode: str, program: list[str], workdir: Path, *, processes: int = 2, ds_config: Path | None = None,
+          extra_env: dict | None = None) -> Launched:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(mode, workdir, processes, ds_config),
            *program]
     log = workdir / f"launch-{len(list(workdir.glob('launch-*.log')))}.log"
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                   env=env(mode), start_new_session=True)
+                                   env={**env(mode), **(extra_env or {})}, start_new_session=True)
     return Launched(process, log)
 
 

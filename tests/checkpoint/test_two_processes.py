@@ -81,3 +81,26 @@ def test_zero2_runs_killed_signalled_or_corrupted_end_bitwise_equal_to_an_uninte
 def test_requeue_code_is_distinct_from_failures():
     assert signals.REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 137, 143)
 
+
+
+def test_sigusr1_to_the_whole_launch_tree_ends_in_a_committed_checkpoint_when_the_agent_forwards_it(
+        tiny_model_v51, tmp_path):
+    """slurmstepd signals every process, torchrun's agent included; unless told to handle USR1
+    (PET_SIGNALS_TO_HANDLE, read by `accelerate launch`), the agent dies of it at once (exit 138)."""
+    import signal
+    import time
+
+    from launching import start
+    out = tmp_path / "run"
+    launched = start("plain", [WORKER, "--output_dir", str(out), "--transformer", str(tiny_model_v51 / "transformer"),
+                               "--steps", "10000", "--save_every", "20", "--step_seconds", "0.05"], tmp_path,
+                     extra_env={"PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"})
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint-20").exists() and time.monotonic() < deadline and launched.process.poll() is None:
+        time.sleep(0.05)
+    launched.signal_all(signal.SIGUSR1)
+    code = launched.wait(120)
+    assert code == 1, launched.text()[-3000:]  # torchrun reports the workers' requeue code as a failure...
+    marker = json.loads((out / "requeue.json").read_text())  # ...so the marker is the durable record
+    assert marker["signal"] == "SIGUSR1" and marker["step"] > 20
+    assert verify(Path(marker["checkpoint"])) == []
