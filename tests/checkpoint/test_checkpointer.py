@@ -46,7 +46,9 @@ def weights(model) -> list[torch.Tensor]:
 
 
 def save(checkpointer, parts, step, generator):
-    return checkpointer.save(parts[0], step, {"global_step": step, "rng": rng_state.capture({"g": generator})})
+    path = checkpointer.save(parts[0], step, {"global_step": step, "rng": rng_state.capture({"g": generator})})
+    checkpointer.finish_cleanup()
+    return path
 
 
 def test_save_then_load_continues_bit_for_bit(trainer, tmp_path):
