@@ -310,17 +310,22 @@ class Checkpointer:
                               f"{self.output_dir / value}); pass 'latest' or an existing checkpoint folder")
 
     def _check_compatible(self, path: Path) -> None:
+        self._check_world_size(path)
+        manifest = read_manifest(path)
+        if self.config_fingerprint and manifest["config_fingerprint"] != self.config_fingerprint \
+                and distributed.is_main():
+            logger.warning("%s was written with different training options (fingerprint %s, now %s); resuming "
+                           "anyway: compare output_dir/config.json with your flags if this was not intended",
+                           path, manifest["config_fingerprint"], self.config_fingerprint)
+
+    @staticmethod
+    def _check_world_size(path: Path) -> None:
         manifest = read_manifest(path)
         if manifest["world_size"] != distributed.world_size():
             raise CheckpointError(
                 f"{path} was written by {manifest['world_size']} processes and this run has "
                 f"{distributed.world_size()}: ZeRO partitions, sampler cursors and RNG streams are per rank. "
                 "Resume with the same number of processes (or start a new output_dir).")
-        if self.config_fingerprint and manifest["config_fingerprint"] != self.config_fingerprint \
-                and distributed.is_main():
-            logger.warning("%s was written with different training options (fingerprint %s, now %s); resuming "
-                           "anyway: compare output_dir/config.json with your flags if this was not intended",
-                           path, manifest["config_fingerprint"], self.config_fingerprint)
 
     # ---- saving ----
 
@@ -441,7 +446,7 @@ class Checkpointer:
         """Collective: restores model, optimizer, scheduler (accelerate/DeepSpeed) and returns this rank's state."""
         started = time.monotonic()
         path = Path(path)
-        self._check_compatible(path)
+        self._check_world_size(path)
         with _accelerate_sees_true_ranks():
             accelerator.load_state(str(path))
         state = torch.load(path / RANK_STATES / f"rank{distributed.rank():05d}.pt", weights_only=False)
