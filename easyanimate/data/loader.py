@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from easyanimate.training.signals import ignore_preemption_signals
+
 from .buckets import SizeRules, closest_bucket
 from .collate import Collate, to_float_batch
 from .dataset import ControlVideoDataset, LoadOptions, TooManyBadSamples
@@ -121,3 +123,5 @@ def build_train_dataloader(cfg, *, rank: int, world_size: int, frame_interval: i
 def _single_threaded_worker(_worker_id: int) -> None:
     # N workers x N intra-op threads oversubscribes the CPU; parallelism comes from the workers.
     torch.set_num_threads(1)
+    # SLURM signals every process of the step, workers included: the training process handles preemption.
+    ignore_preemption_signals()

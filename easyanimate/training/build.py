@@ -5,6 +5,7 @@ The training loop (loop.py) receives a finished ``Run`` and only trains.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -168,8 +169,7 @@ def build_run(cfg: TrainConfig) -> Run:
     accelerator.register_for_checkpointing(lr_scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    if accelerator.trackers:
-        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg))
+    init_trackers(accelerator, cfg)
     objective = ControlObjective(cfg, components, uses_ref=uses_ref, rank=rank, world_size=world)
     checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
                                 config_fingerprint=fingerprint(cfg))
@@ -178,6 +178,22 @@ def build_run(cfg: TrainConfig) -> Run:
                checkpointer=checkpointer, validator=Validator(cfg, components), ema=ema, generator=generator, steps_per_epoch=steps_per_epoch,
                max_train_steps=max_steps, uses_deepspeed=deepspeed,
                model_layout=components.layout)
+
+
+def init_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Start the trackers; a resumed run continues the same wandb run (its id is kept in output_dir/tracker.json),
+    tensorboard continues by writing to the same logging_dir."""
+    if not accelerator.log_with:
+        return
+    record = Path(cfg.output_dir) / "tracker.json"
+    saved = json.loads(record.read_text()) if record.exists() else {}
+    init_kwargs = {"wandb": {"id": saved["wandb_run_id"], "resume": "allow"}} if "wandb_run_id" in saved else {}
+    accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg), init_kwargs=init_kwargs)
+    if distributed.is_main() and "wandb_run_id" not in saved:
+        for tracker in accelerator.trackers:
+            if tracker.name == "wandb":
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(json.dumps({"wandb_run_id": tracker.run.id}))
 
 
 def _tracker_config(cfg: TrainConfig) -> dict:

@@ -35,7 +35,7 @@ def command(model: Path, data: Path, out: Path, deepspeed: bool) -> list[str]:
         f"--config_path={REPO / 'configs' / 'easyanimate_video_v5.1_magvit_qwen.yaml'}",
         "--image_sample_size=64", "--video_sample_size=32", "--token_sample_size=32", "--video_sample_stride=1",
         "--video_sample_n_frames=9", "--train_batch_size=1", "--video_repeat=1",
-        f"--gradient_accumulation_steps={ACCUMULATION}", "--dataloader_num_workers=0", "--checkpointing_steps=4",
+        f"--gradient_accumulation_steps={ACCUMULATION}", "--dataloader_num_workers=1", "--checkpointing_steps=4",
         "--learning_rate=1e-3", "--lr_scheduler=constant_with_warmup", "--lr_warmup_steps=2", "--seed=42",
         f"--output_dir={out}", "--mixed_precision=no", "--max_grad_norm=0.05", "--random_hw_adapt",
         "--training_with_video_token_length", "--enable_bucket", "--uniform_sampling", "--loss_type=flow",
