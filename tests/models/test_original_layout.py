@@ -84,7 +84,7 @@ def test_renames_are_the_six_text_stream_tensors_and_invert_exactly(tiny_model_v
 
 @pytest.mark.parametrize("version", ["v5.1", "v5"])
 def test_tiny_original_layout_is_the_same_model_as_the_diffusers_one(version, request):
-    original = request.getfixturevalue("tiny_original_v51" if version == "v5.1" else "tiny_original_v5")
+    original = request.getfixturevalue("tiny_model_v51_original" if version == "v5.1" else "tiny_model_v5_original")
     diffusers_folder = request.getfixturevalue("tiny_model_v51" if version == "v5.1" else "tiny_model_v5")
     spec = load_model_spec(YAML[version])
     parts = load_components(train_config(original, version), spec, device="cpu", weight_dtype=torch.float32)
@@ -96,9 +96,9 @@ def test_tiny_original_layout_is_the_same_model_as_the_diffusers_one(version, re
     assert parts.text_encoder.encode(["a cat"], device="cpu").encoder_hidden_states.shape[-1] == 32
 
 
-def test_convert_model_writes_a_diffusers_folder_that_loads_without_warnings(tiny_original_v51, tmp_path, caplog):
+def test_convert_model_writes_a_diffusers_folder_that_loads_without_warnings(tiny_model_v51_original, tmp_path, caplog):
     out = tmp_path / "converted"
-    assert convert_main([str(tiny_original_v51), str(out), "--config_path", str(YAML["v5.1"])]) == 0
+    assert convert_main([str(tiny_model_v51_original), str(out), "--config_path", str(YAML["v5.1"])]) == 0
     index = json.loads((out / "model_index.json").read_text())
     assert {k for k in index if not k.startswith("_")} == {"transformer", "vae", "text_encoder", "tokenizer",
                                                            "scheduler"}
@@ -108,14 +108,14 @@ def test_convert_model_writes_a_diffusers_folder_that_loads_without_warnings(tin
     assert not any(info[k] or vae_info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     pipe = MendedEasyAnimateControlPipeline.from_pretrained(out)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    reference = load_transformer(tiny_original_v51, load_model_spec(YAML["v5.1"]))
+    reference = load_transformer(tiny_model_v51_original, load_model_spec(YAML["v5.1"]))
     expected = reference.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in pipe.transformer.state_dict().items())
 
 
-def test_convert_model_keeps_both_text_encoders_of_v5(tiny_original_v5, tmp_path):
+def test_convert_model_keeps_both_text_encoders_of_v5(tiny_model_v5_original, tmp_path):
     out = tmp_path / "converted"
-    assert convert_main([str(tiny_original_v5), str(out)]) == 0  # encoders read from the folder
+    assert convert_main([str(tiny_model_v5_original), str(out)]) == 0  # encoders read from the folder
     for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
         assert (out / name).is_dir()
     parts = load_components(train_config(out, "v5"), load_model_spec(YAML["v5"]), device="cpu",
@@ -123,14 +123,14 @@ def test_convert_model_keeps_both_text_encoders_of_v5(tiny_original_v5, tmp_path
     assert parts.layout == "diffusers" and parts.transformer.text_proj_t5 is not None
 
 
-def test_a_changed_transformer_exported_to_the_original_layout_loads_back_exactly(tiny_original_v51, tmp_path):
+def test_a_changed_transformer_exported_to_the_original_layout_loads_back_exactly(tiny_model_v51_original, tmp_path):
     """What ``easyanimate export --layout original`` relies on: save_transformer_original is load's inverse."""
     spec = load_model_spec(YAML["v5.1"])
-    trained = load_transformer(tiny_original_v51, spec)
+    trained = load_transformer(tiny_model_v51_original, spec)
     with torch.no_grad():
         for param in trained.parameters():
             param.add_(0.01)
-    folder = copy_model(tiny_original_v51, tmp_path / "exported")
+    folder = copy_model(tiny_model_v51_original, tmp_path / "exported")
     shutil.rmtree(folder / "transformer")
     save_transformer_original(trained, folder / "transformer")
     config = json.loads((folder / "transformer" / "config.json").read_text())

@@ -20,7 +20,7 @@ BLOCK_KEY = {"diffusers": "transformer_blocks.0.attn1.add_q_proj.weight",
 @pytest.fixture(params=LAYOUTS)
 def v51_copy(request, tmp_path):
     """(layout, a writable copy of the tiny V5.1 folder in that layout)."""
-    source = request.getfixturevalue("tiny_model_v51" if request.param == "diffusers" else "tiny_original_v51")
+    source = request.getfixturevalue("tiny_model_v51" if request.param == "diffusers" else "tiny_model_v51_original")
     return request.param, copy_model(source, tmp_path / "model")
 
 
@@ -85,18 +85,18 @@ def test_the_model_yaml_is_checked_like_the_folder(v51_copy, tmp_path, line, key
         load_components(train_config(folder, "v5.1"), load_model_spec(yaml), device="cpu", weight_dtype=torch.float32)
 
 
-def test_an_absent_original_key_takes_easyanimates_default(tiny_original_v51, tmp_path):
+def test_an_absent_original_key_takes_easyanimates_default(tiny_model_v51_original, tmp_path):
     """num_layers absent means the original class's 30 layers, so the 2-layer weights are refused."""
-    folder = copy_model(tiny_original_v51, tmp_path / "model")
+    folder = copy_model(tiny_model_v51_original, tmp_path / "model")
     edit_config(folder / "transformer", lambda c: c.pop("num_layers"))
     with pytest.raises(StrictLoadError, match=r"missing from the files \(\d+\): transformer_blocks\.10\."):
         _load(folder)
 
 
-def test_unused_second_text_projection_of_an_original_v51_folder_is_dropped_by_rule(tiny_original_v51, tmp_path,
+def test_unused_second_text_projection_of_an_original_v51_folder_is_dropped_by_rule(tiny_model_v51_original, tmp_path,
                                                                                     caplog):
     """EasyAnimate's class builds text_proj_t5 (4096 wide) by default; with one text encoder it is never used."""
-    folder = copy_model(tiny_original_v51, tmp_path / "model")
+    folder = copy_model(tiny_model_v51_original, tmp_path / "model")
     edit_config(folder / "transformer", lambda c: c.pop("text_embed_dim_t5"))
     edit_weights(folder / "transformer", lambda s: s.update({"text_proj_t5.weight": torch.zeros(32, 4096),
                                                              "text_proj_t5.bias": torch.zeros(32)}))
@@ -113,11 +113,11 @@ def test_a_text_encoder_tensor_removed_is_refused(tiny_model_v5, tmp_path):
         _load(folder, "v5")
 
 
-def test_extra_transformer_weights_load_strictly_in_either_naming(tiny_model_v51, tiny_original_v51, tmp_path):
-    good = next((tiny_original_v51 / "transformer").glob("*.safetensors"))
+def test_extra_transformer_weights_load_strictly_in_either_naming(tiny_model_v51, tiny_model_v51_original, tmp_path):
+    good = next((tiny_model_v51_original / "transformer").glob("*.safetensors"))
     parts = _load(tiny_model_v51, "v5.1", "--transformer_path", str(good))
     assert parts.transformer.transformer_blocks[0].attn1.add_q_proj.weight.abs().sum() > 0
-    partial = copy_model(tiny_original_v51 / "transformer", tmp_path / "partial")
+    partial = copy_model(tiny_model_v51_original / "transformer", tmp_path / "partial")
     edit_weights(partial, lambda s: s.pop("norm_final.weight"))
     with pytest.raises(StrictLoadError, match="norm_final.weight"):
         _load(tiny_model_v51, "v5.1", "--transformer_path", str(next(partial.glob("*.safetensors"))))
