@@ -186,11 +186,6 @@ class TrainConfig:
     def model_folder(self) -> Path:
         return Path(self.pretrained_model_name_or_path)
 
-    @property
-    def token_budget(self) -> int:
-        """Pixels a batch may hold: video_sample_n_frames x token_sample_size^2."""
-        return self.video_sample_n_frames * self.token_sample_size ** 2
-
 
 FIELD_HINTS = get_type_hints(TrainConfig)
 

@@ -38,19 +38,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+_OPS = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}
+
+
+def reduce_number(value: float, op: str, device: torch.device | str = "cpu") -> float:
+    """``value`` reduced over all ranks with ``op`` (min, max, sum or mean); one collective."""
+    if not is_initialized():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=_OPS["sum" if op == "mean" else op])
+    return float(tensor.item()) / (world_size() if op == "mean" else 1)
+
+
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank iff ``flag`` is true on every rank (one collective)."""
-    if not is_initialized():
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+    return reduce_number(1.0 if flag else 0.0, "min", device) == 1.0
 
 
 def any_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank iff ``flag`` is true on some rank (one collective)."""
-    if not is_initialized():
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return reduce_number(1.0 if flag else 0.0, "max", device) == 1.0

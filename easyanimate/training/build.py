@@ -154,7 +154,7 @@ def build_run(cfg: TrainConfig) -> Run:
     data = build_train_dataloader(cfg, rank=rank, world_size=world, float_pixels=False,
                                   frame_interval=components.vae.config.get("mini_batch_encoder", 4) or 4)
     # Every rank must run the same number of steps, or the collectives of the last steps hang.
-    steps_per_epoch = _min_over_ranks(len(data.sampler), accelerator.device)
+    steps_per_epoch = int(distributed.reduce_number(len(data.sampler), "min", accelerator.device))
     if steps_per_epoch == 0:
         raise ConfigError(f"--train_data_meta {cfg.train_data_meta}: no full batch of {cfg.train_batch_size} per "
                           f"rank across {world} ranks; add samples or lower --train_batch_size.")
@@ -175,7 +175,8 @@ def build_run(cfg: TrainConfig) -> Run:
                                 config_fingerprint=fingerprint(cfg))
     return Run(cfg=cfg, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
                lr_scheduler=lr_scheduler, trainable=trainable[0] + trainable[1], data=data,
-               checkpointer=checkpointer, validator=Validator(cfg, components), ema=ema, generator=generator, steps_per_epoch=steps_per_epoch,
+               checkpointer=checkpointer, validator=Validator(cfg, components), ema=ema, generator=generator,
+               steps_per_epoch=steps_per_epoch,
                max_train_steps=max_steps, uses_deepspeed=deepspeed,
                model_layout=components.layout)
 
@@ -199,11 +200,3 @@ def init_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
 def _tracker_config(cfg: TrainConfig) -> dict:
     """Trackers take scalars only (the original dropped its list-valued flags for the same reason)."""
     return {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
-
-
-def _min_over_ranks(value: int, device) -> int:
-    if not distributed.is_initialized():
-        return value
-    tensor = torch.tensor([value], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
-    return int(tensor.item())

@@ -86,14 +86,6 @@ class MetricsLog:
                 self.accelerator.log(values, step=step)
 
 
-def mean_over_ranks(value: torch.Tensor) -> float:
-    value = value.detach().float().reshape(1).clone()
-    if distributed.is_initialized():
-        torch.distributed.all_reduce(value)
-        value /= distributed.world_size()
-    return float(value.item())
-
-
 def clip_gradients(run: Run, step: int) -> float | None:
     """Non-DeepSpeed clipping with the original's decaying threshold; DeepSpeed clips inside its engine."""
     if run.uses_deepspeed:
@@ -111,9 +103,9 @@ def micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
     run.accelerator.sync_gradients = sync
     no_sync = contextlib.nullcontext() if sync or run.uses_deepspeed else run.accelerator.no_sync(run.model)
     with no_sync, run.accelerator.autocast():
-        out = run.objective(run.model, batch, run.generator)
-    run.accelerator.backward(out.loss)
-    return out.loss
+        loss = run.objective(run.model, batch, run.generator)
+    run.accelerator.backward(loss)
+    return loss.detach()
 
 
 def save(run: Run, cursor: Cursor) -> Path:
@@ -132,7 +124,8 @@ def optimizer_step(run: Run, cursor: Cursor, losses: list[torch.Tensor]) -> dict
     if run.ema is not None:
         run.ema.step(run.model.parameters())
     cursor.global_step += 1
-    values = {"loss": mean_over_ranks(torch.stack(losses).mean()), "lr": run.lr_scheduler.get_last_lr()[0]}
+    loss = distributed.reduce_number(torch.stack(losses).mean().item(), "mean", losses[0].device)
+    values = {"loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}
     return values | ({"grad_norm": norm} if norm is not None else {})
 
 

@@ -16,7 +16,10 @@ from easyanimate.config import ConfigError, TrainConfig
 logger = logging.getLogger(__name__)
 
 
-def select_trainable(model: torch.nn.Module, cfg: TrainConfig) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+Params = list[torch.nn.Parameter]
+
+
+def select_trainable(model: torch.nn.Module, cfg: TrainConfig) -> tuple[Params, Params]:
     """(full-lr params, half-lr params) by substring match on names; everything else is frozen."""
     full, low = [], []
     for name, param in model.named_parameters():

@@ -7,8 +7,6 @@ except its first latent frame (the reference image's latent), so a model trained
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import DDPMScheduler
 
@@ -20,12 +18,6 @@ from easyanimate.training import losses, timesteps
 SIGMA_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                       prediction_type="epsilon")
 SNR_X0_LAST_T = 249
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor
-    mean_timestep: float
 
 
 def encode_pixels(vae, pixels: torch.Tensor, mini_batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,7 +83,8 @@ class ControlObjective:
             noise = losses.shared_frame_noise(noise, self.cfg.noise_share_in_frames_ratio)
         return noise.to(latents.dtype)
 
-    def __call__(self, model, batch: dict, generator: torch.Generator) -> StepOutput:
+    def __call__(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """This batch's loss (a scalar tensor with its graph)."""
         cfg = self.cfg
         latents = encode_pixels(self.vae, batch["pixel_values"], cfg.vae_mini_batch, generator)
         control_latents = self.conditioning(batch, latents, generator)
@@ -128,7 +121,7 @@ class ControlObjective:
         loss = losses.masked_mse(pred, target, weight)
         if cfg.motion_sub_loss:
             loss = losses.with_motion_sub_loss(loss, pred, target, cfg.motion_sub_loss_ratio)
-        return StepOutput(loss=loss, mean_timestep=float(t.float().mean()))
+        return loss
 
     def _x0_from_eps_where_small_t(self, eps: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alphas = self.ddpm.alphas_cumprod.to(eps.device)[t].float().view(-1, 1, 1, 1, 1)

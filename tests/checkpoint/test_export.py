@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import EasyAnimateTransformer3DModel
 
-from conftest import REPO
 from easyanimate.cli import main as cli
 from easyanimate.training.checkpoint import Checkpointer
 from easyanimate.training.export import export
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
