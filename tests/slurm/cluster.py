@@ -4,7 +4,8 @@ Installs nothing (tests/setup_system.sh does); starts the daemons from a fresh f
 files only. Two partitions: ``debug`` (default, preemptible: PreemptMode=REQUEUE, GraceTime) and ``high``
 (PriorityTier=10) whose jobs preempt it. ``cred_expire=5`` and 1 s scheduler intervals make a requeued job run
 again in ~6 s instead of 121 s. Developers: ``python tests/slurm/cluster.py up|down [FOLDER]`` then
-``export SLURM_CONF=FOLDER/etc/slurm.conf``.
+``export SLURM_CONF=FOLDER/etc/slurm.conf``. Several clusters can run side by side (one per developer work tree):
+``EASYANIMATE_TEST_CLUSTER_SLOT=N`` shifts the daemons' ports and the first job id (so MASTER_PORTs differ too).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from pathlib import Path
 
 NODES = ("node1", "node2", "node3", "node4")
 HOSTS_MARK = "# easyanimate-test-cluster"
-CTLD_PORT, SLURMD_PORTS = 16817, "16001-16004"
+SLOT = int(os.environ.get("EASYANIMATE_TEST_CLUSTER_SLOT", "0"))
+CTLD_PORT = 16817 + 10 * SLOT
+SLURMD_PORTS = f"{16001 + 10 * SLOT}-{16004 + 10 * SLOT}"
+FIRST_JOB_ID = 1 + 1000 * SLOT
 GRACE_S = 30
 
 SLURM_CONF = """\
 ClusterName=easyanimate-ci
+FirstJobId={first_job_id}
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
 SlurmUser=root
@@ -72,6 +77,7 @@ class Cluster:
     def __init__(self, base: Path):
         self.base = Path(base).resolve()
         self.conf = self.base / "etc" / "slurm.conf"
+        self._added_hosts_line = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -88,7 +94,7 @@ class Cluster:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         (self.base / "munge").chmod(0o755)  # munged warns about a 700 socket folder
         self.conf.write_text(SLURM_CONF.format(base=self.base, ctld_port=CTLD_PORT, slurmd_ports=SLURMD_PORTS,
-                                               grace=GRACE_S))
+                                               grace=GRACE_S, first_job_id=FIRST_JOB_ID))
         # Count-only GPUs (no device files): enough for sbatch --test-only of 8-GPU scripts; nothing runs on them.
         (self.base / "dev").mkdir(exist_ok=True)
         for i in range(8):
@@ -97,7 +103,7 @@ class Cluster:
         for node in NODES:
             (self.base / "spool" / node).mkdir(exist_ok=True)
         self._start_munge()
-        _add_hosts_line()
+        self._added_hosts_line = _add_hosts_line()
         subprocess.run(["slurmctld", "-f", str(self.conf)], env=self.env, check=True)
         for node in NODES:
             subprocess.run(["slurmd", "-f", str(self.conf), "-N", node], env=self.env, check=True)
@@ -133,7 +139,8 @@ class Cluster:
                                                                      ("munged.pid", "munged")]
         for pid_file, name in daemons:
             _stop_by_pid_file(self.base / "run" / pid_file, name)
-        _remove_hosts_line()
+        if self._added_hosts_line:  # another cluster may still need the names
+            _remove_hosts_line()
 
 
 def _alive(pid: int) -> bool:
@@ -165,14 +172,16 @@ def _hosts() -> Path:
     return Path(os.environ.get("EASYANIMATE_HOSTS_FILE", "/etc/hosts"))
 
 
-def _add_hosts_line() -> None:
-    """node1..node4 must resolve (MASTER_ADDR is the first node's name)."""
+def _add_hosts_line() -> bool:
+    """node1..node4 must resolve (MASTER_ADDR is the first node's name). True if this call added them."""
     if all(_resolves(n) for n in NODES):
-        return
+        return False
     text = _hosts().read_text()
-    if HOSTS_MARK not in text:
-        prefix = "" if text.endswith("\n") or not text else "\n"
-        _hosts().write_text(f"{text}{prefix}127.0.0.1 {' '.join(NODES)} {HOSTS_MARK}\n")
+    if HOSTS_MARK in text:
+        return False
+    prefix = "" if text.endswith("\n") or not text else "\n"
+    _hosts().write_text(f"{text}{prefix}127.0.0.1 {' '.join(NODES)} {HOSTS_MARK}\n")
+    return True
 
 
 def _remove_hosts_line() -> None:
