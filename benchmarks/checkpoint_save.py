@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
-from easyanimate.training.checkpoint import MANIFEST, Checkpointer, fsync_dir, read_manifest  # noqa: E402
+from easyanimate.runfolder import MANIFEST, fsync_dir  # noqa: E402
+from easyanimate.training.checkpoint import Checkpointer, read_manifest  # noqa: E402
 
 LAYERS = 4
 CHUNK = 64 << 20

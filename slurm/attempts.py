@@ -10,8 +10,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import time
@@ -19,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-REQUEUE_MARKER = "requeue.json"
-COMPLETE_MARKER = "complete.json"
+from easyanimate import runfolder
+
 CANCEL_MARKER = "cancel.json"  # in the job folder: written by `submit.py cancel` before it calls scancel
 # slurmctld checks time limits every 30 s, so the warning signal can come up to ~30 s before --signal's @N.
 TIMEOUT_SLACK_S = 90
@@ -127,20 +125,6 @@ def over_budget(history: list[dict], limits: dict[str, int]) -> Optional[str]:
 
 # --- records on disk ------------------------------------------------------------------------------------------
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(temp, path)
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def attempt_dirs(job_dir: Path) -> list[Path]:
     """Every attempt folder, oldest first (job id, then restart count)."""
     def order(path: Path) -> tuple:
@@ -151,27 +135,7 @@ def attempt_dirs(job_dir: Path) -> list[Path]:
 
 
 def node_records(attempt: Path) -> list[dict]:
-    return [r for p in sorted(attempt.glob("node*.json")) if (r := read_json(p)) is not None]
-
-
-def fresh_marker(output_dir: Path, name: str, since: float) -> Optional[dict]:
-    """A marker written during this attempt (the trainer deletes both at start; the time check covers a trainer
-    that died before it got there)."""
-    marker = read_json(Path(output_dir) / name)
-    return marker if marker is not None and marker.get("time", 0) >= since else None
-
-
-def latest_checkpoint(output_dir: Path) -> Optional[dict]:
-    """Newest committed checkpoint (a checkpoint-STEP folder holding its manifest), as {step, path}."""
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "manifest.json").is_file():
-            steps.append((int(match.group(1)), path))
-    if not steps:
-        return None
-    step, path = max(steps)
-    return {"step": step, "path": str(path)}
+    return [r for p in sorted(attempt.glob("node*.json")) if (r := runfolder.read_json(p)) is not None]
 
 
 # --- SLURM's view --------------------------------------------------------------------------------------------

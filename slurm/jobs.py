@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from easyanimate import runfolder
 from slurm import attempts, command, render, training
 from slurm import spec as specs
 from slurm.command import NodeContext
@@ -66,7 +67,7 @@ def measured_save_s(job_dir: Path) -> float | None:
     """Longest signal-to-commit time recorded by earlier attempts in this job folder."""
     seen = []
     for folder in attempts.attempt_dirs(job_dir):
-        outcome = (attempts.read_json(folder / "attempt.json") or {}).get("outcome") or {}
+        outcome = (runfolder.read_json(folder / "attempt.json") or {}).get("outcome") or {}
         if outcome.get("save_latency_s") is not None:
             seen.append(outcome["save_latency_s"])
     return max(seen) if seen else None
@@ -147,8 +148,8 @@ def submit(spec: JobSpec) -> str:
 
 def _record_job(job_dir: Path, job_id: str, *, local: bool) -> None:
     """job_dir/jobs.json lists every job submitted from this folder (status reads it)."""
-    known = (attempts.read_json(job_dir / "jobs.json") or {}).get("jobs", [])
-    attempts.write_json(job_dir / "jobs.json", {"jobs": [*known, {"job_id": job_id, "local": local,
+    known = (runfolder.read_json(job_dir / "jobs.json") or {}).get("jobs", [])
+    runfolder.write_json_atomic(job_dir / "jobs.json", {"jobs": [*known, {"job_id": job_id, "local": local,
                                                                   "submitted": time.time()}]})
 
 

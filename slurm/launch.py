@@ -27,6 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script on the nodes: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from easyanimate import runfolder  # noqa: E402
 from slurm import attempts, command, nccl  # noqa: E402
 from slurm import spec as specs  # noqa: E402
 from slurm.command import NodeContext  # noqa: E402
@@ -68,7 +69,7 @@ def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
     or closed as cancelled, were requeued by SLURM itself: classify them from what they left behind."""
     for folder in attempts.attempt_dirs(Path(spec.job_dir)):
         job, _, restart = folder.name.partition(".")
-        record = attempts.read_json(folder / "attempt.json")
+        record = runfolder.read_json(folder / "attempt.json")
         if job != node.job_id or int(restart) >= node.restart_count or record is None:
             continue
         if record.get("outcome") is not None and record["outcome"]["kind"] != attempts.CANCELLED:
@@ -79,14 +80,14 @@ def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
             outcome.kind = attempts.PREEMPTED
         outcome.requeue, outcome.detail = False, f"requeued by SLURM: {outcome.detail}"
         record["outcome"] = attempts.outcome_dict(outcome)
-        attempts.write_json(folder / "attempt.json", record)
+        runfolder.write_json_atomic(folder / "attempt.json", record)
         logger.warning("attempt %s: %s, %s", folder.name, outcome.kind, outcome.detail)
 
 
 def history(spec: JobSpec, job_id: str, *, before: str) -> list[dict]:
     outcomes = []
     for folder in attempts.attempt_dirs(Path(spec.job_dir)):
-        record = attempts.read_json(folder / "attempt.json")
+        record = runfolder.read_json(folder / "attempt.json")
         if folder.name.partition(".")[0] == job_id and folder.name != before and record and record.get("outcome"):
             outcomes.append(record["outcome"])
     return outcomes
@@ -99,7 +100,7 @@ def _limits(spec: JobSpec) -> dict[str, int]:
 def begin(spec: JobSpec, node: NodeContext) -> int:
     _settle_previous(spec, node)
     folder = command.attempt_dir(spec, node)
-    checkpoint = attempts.latest_checkpoint(Path(spec.output_dir))
+    checkpoint = runfolder.latest_checkpoint(Path(spec.output_dir))
     record = {"job_id": node.job_id, "restart_count": node.restart_count, "started": time.time(),
               "nodelist": os.environ.get("SLURM_JOB_NODELIST", socket.gethostname()),
               "num_nodes": node.num_nodes, "resume_from": checkpoint, "outcome": None}
@@ -110,7 +111,7 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
     if reason:
         record["outcome"] = attempts.outcome_dict(attempts.Outcome(attempts.BUDGET_EXHAUSTED, reason))
         logger.error("attempt %s not started: %s", node.attempt_id, reason)
-    attempts.write_json(folder / "attempt.json", record)
+    runfolder.write_json_atomic(folder / "attempt.json", record)
     return 3 if reason else 0
 
 
@@ -134,7 +135,7 @@ class SignalLog:
     def _on_signal(self, signum: int, _frame) -> None:
         # A Python-level handler runs between bytecodes of the main thread, so file I/O here is safe.
         self.received.append({"name": signal.Signals(signum).name.removeprefix("SIG"), "time": time.time()})
-        attempts.write_json(self.path, self.record)
+        runfolder.write_json_atomic(self.path, self.record)
         if self.forward_to is not None and self.forward_to.poll() is None:
             for pid in process_tree(self.forward_to.pid):
                 with contextlib.suppress(ProcessLookupError):
@@ -179,7 +180,7 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     record_path = folder / f"node{node.node_rank}.json"
     record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
               "argv": argv, "signals": []}
-    attempts.write_json(record_path, record)
+    runfolder.write_json_atomic(record_path, record)
     logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
     # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
     # through exec; the trainer installs its own handlers, so only the training processes act on them.
@@ -190,7 +191,7 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     signals.install()
     exit_code = child.wait()
     record.update(exit_code=exit_code, ended=time.time())
-    attempts.write_json(record_path, record)
+    runfolder.write_json_atomic(record_path, record)
     logger.info("node %d: training exited %d; signals seen: %s", node.node_rank, exit_code,
                 [s["name"] for s in signals.received] or "none")
     # torchrun reports any failed worker as 1, so the outcome lives in the markers; a node that was signalled
@@ -203,16 +204,16 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
 def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_signal: str, *,
            job_info: dict[str, str]) -> attempts.Evidence:
     """What one attempt left behind: node records, the trainer's markers, SLURM's view of the job."""
-    record = attempts.read_json(folder / "attempt.json") or {"started": 0.0}
+    record = runfolder.read_json(folder / "attempt.json") or {"started": 0.0}
     output = Path(spec.output_dir)
     return attempts.Evidence(
         started=record["started"], now=time.time(), expected_nodes=num_nodes,
         nodes=attempts.node_records(folder), srun_status=srun_status, batch_signal=batch_signal,
-        requeue_marker=attempts.fresh_marker(output, attempts.REQUEUE_MARKER, record["started"]),
-        complete_marker=attempts.fresh_marker(output, attempts.COMPLETE_MARKER, record["started"]),
+        requeue_marker=runfolder.read_marker(output, runfolder.REQUEUE_MARKER, record["started"]),
+        complete_marker=runfolder.read_marker(output, runfolder.COMPLETE_MARKER, record["started"]),
         preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
         end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s,
-        cancel_requested=attempts.fresh_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
+        cancel_requested=runfolder.read_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
         is not None)
 
 
@@ -228,9 +229,9 @@ def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *
         reason = attempts.over_budget(earlier + [{"kind": outcome.kind}], _limits(spec))
         if reason:
             outcome.requeue, outcome.detail = False, f"{outcome.detail}; not requeued: {reason}"
-    record = attempts.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
+    record = runfolder.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
     record["outcome"] = attempts.outcome_dict(outcome)
-    attempts.write_json(folder / "attempt.json", record)
+    runfolder.write_json_atomic(folder / "attempt.json", record)
     log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) else logger.info
     log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
     if outcome.requeue:

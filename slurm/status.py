@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from easyanimate import runfolder
 from slurm import attempts
 from slurm import spec as specs
 
@@ -17,7 +18,7 @@ ERROR_LINES = 6
 
 
 def submitted(job_dir: Path) -> list[dict]:
-    return (attempts.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
+    return (runfolder.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
 
 
 def job_ids(job_dir: Path) -> list[str]:
@@ -56,7 +57,7 @@ def status(job_dir: Path) -> dict:
     spec = specs.read(job_dir / "job.json")
     rows = []
     for folder in attempts.attempt_dirs(job_dir):
-        record = attempts.read_json(folder / "attempt.json") or {}
+        record = runfolder.read_json(folder / "attempt.json") or {}
         outcome = record.get("outcome") or {}
         row = {"attempt": folder.name, "started": record.get("started"), "ended": outcome.get("ended"),
                "resume_from": (record.get("resume_from") or {}).get("step"),
@@ -73,9 +74,9 @@ def status(job_dir: Path) -> dict:
         "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
                  for job_id in job_ids(job_dir)},
         "attempts": rows,
-        "latest_checkpoint": attempts.latest_checkpoint(output),
-        "markers": {name: attempts.read_json(output / name)
-                    for name in (attempts.REQUEUE_MARKER, attempts.COMPLETE_MARKER)},
+        "latest_checkpoint": runfolder.latest_checkpoint(output),
+        "markers": {name: runfolder.read_json(output / name)
+                    for name in (runfolder.REQUEUE_MARKER, runfolder.COMPLETE_MARKER)},
         "logs": [str(p) for p in log_paths(job_dir)],
     }
 
@@ -99,7 +100,7 @@ def format_status(s: dict) -> str:
         lines += [f"        | {line}" for line in row.get("error", [])]
     ckpt = s["latest_checkpoint"]
     lines.append(f"  latest checkpoint: {'step %d (%s)' % (ckpt['step'], ckpt['path']) if ckpt else 'none'}")
-    done = s["markers"].get(attempts.COMPLETE_MARKER)
+    done = s["markers"].get(runfolder.COMPLETE_MARKER)
     if done:
         lines.append(f"  training complete at step {done.get('step')}")
     lines.append(f"  logs: {Path(s['job_dir']) / 'logs'} ({len(s['logs'])} files; `submit.py logs` lists them)")
@@ -109,7 +110,7 @@ def format_status(s: dict) -> str:
 def cancel(job_dir: Path) -> list[str]:
     """scancel every job of this folder that SLURM still knows; the attempt is then recorded as cancelled."""
     cancelled = []
-    attempts.write_json(Path(job_dir) / attempts.CANCEL_MARKER, {"time": time.time()})
+    runfolder.write_json_atomic(Path(job_dir) / attempts.CANCEL_MARKER, {"time": time.time()})
     for job_id in job_ids(Path(job_dir)):
         state = attempts.scontrol_job(job_id).get("JobState")
         if state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "REQUEUE_HOLD"):

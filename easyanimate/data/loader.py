@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from easyanimate.training.signals import ignore_preemption_signals
+from easyanimate.runfolder import ignore_preemption_signals
 
 from .buckets import SizeRules, closest_bucket
 from .collate import Collate, to_float_batch

@@ -27,19 +27,15 @@ from typing import Literal
 
 import torch
 
-from easyanimate import distributed
+from easyanimate import distributed, runfolder
+from easyanimate.runfolder import (ABANDONED_PREFIX, DELETING_PREFIX, MANIFEST, TEMP_PREFIX, checkpoint_step,
+                                   fsync_dir, write_json_atomic)
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-checkpoint-"
-DELETING_PREFIX = ".deleting-checkpoint-"
-ABANDONED_PREFIX = "abandoned-checkpoint-"
-MANIFEST = "manifest.json"
 RANK_STATES = "rank_states"
 MODEL_CONFIG = "transformer/config.json"
-CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # Files written by one rank other than 0: DeepSpeed's ZeRO partition, accelerate's RNG file, our rank state.
 OWNER_PATTERNS = (re.compile(r"zero_pp_rank_(\d+)_"), re.compile(r"^random_states_(\d+)\.pkl$"),
                   re.compile(r"^rank(\d+)\.pt$"))
@@ -53,28 +49,6 @@ Checksum = Literal["sha256", "sampled-sha256"]
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used as asked; the message says why and what to do."""
-
-
-def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write-to-temp, fsync, rename, fsync the folder: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temp, "w") as file:
-        json.dump(data, file, indent=2, sort_keys=True)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -153,11 +127,6 @@ def _owner(relpath: str) -> int:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-
-def checkpoint_step(path: Path) -> int | None:
-    match = CHECKPOINT_NAME.match(Path(path).name)
-    return int(match.group(1)) if match else None
 
 
 def read_manifest(path: Path) -> dict:
@@ -266,10 +235,7 @@ class Checkpointer:
 
     def checkpoints(self) -> list[Path]:
         """``checkpoint-N`` folders, newest step first (not verified)."""
-        if not self.output_dir.is_dir():
-            return []
-        found = [p for p in self.output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
-        return sorted(found, key=checkpoint_step, reverse=True)
+        return runfolder.checkpoint_dirs(self.output_dir)
 
     def find_resume(self, resume_from_checkpoint: str | None) -> Path | None:
         """The checkpoint to resume from: ``None``/"" (fresh start), "latest" (the newest that verifies) or a
@@ -348,7 +314,7 @@ class Checkpointer:
         marks = {"write": time.monotonic()}
         reported = dict(_gather(list(self._sync_and_digest(temp, lambda rel: _owner(rel) == rank).items())))
         marks["fsync+checksum"] = time.monotonic()
-        final, error = self.output_dir / f"{PREFIX}{step}", None
+        final, error = runfolder.checkpoint_dir(self.output_dir, step), None
         if rank == 0:
             try:
                 self._commit(accelerator, temp, final, step, reported)
@@ -386,6 +352,7 @@ class Checkpointer:
             "deepspeed": accelerator.state.deepspeed_plugin is not None,
             "model_config": MODEL_CONFIG if MODEL_CONFIG in files else None,
             "versions": _versions(), "files": files})
+        runfolder.check_fence(self.output_dir)  # a newer attempt owns the folder: never commit over its work
         replaced = self.output_dir / f"{DELETING_PREFIX}replaced-{step}"
         if final.exists():  # a checkpoint of the same step from an abandoned attempt (or a corrupt one)
             final.rename(replaced)

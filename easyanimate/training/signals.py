@@ -3,9 +3,10 @@
 SIGTERM, SIGUSR1 and SIGUSR2 only set a flag (a second signal during a save changes nothing); at a step boundary
 the ranks agree with one collective and the loop saves and exits with ``REQUEUE_EXIT_CODE``. Launchers lose that
 code (torchrun reports any failed worker as 1), so the durable record is a marker file in the run folder:
-``requeue.json`` after a signal-triggered save has committed, ``complete.json`` when the last step is done.
-SLURM signals every process of the step, DataLoader workers included, and USR1/USR2 kill a process that does
-not handle them: workers call ``ignore_preemption_signals`` from their ``worker_init_fn``.
+``requeue.json`` after a signal-triggered save has committed, ``complete.json`` when the last step is done
+(names, signal set and exit code: ``easyanimate.runfolder``). SLURM signals every process of the step, DataLoader
+workers included, and USR1/USR2 kill a process that does not handle them: workers call
+``runfolder.ignore_preemption_signals`` from their ``worker_init_fn``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ from pathlib import Path
 
 import torch
 
-from easyanimate import distributed
-from easyanimate.training.checkpoint import write_json_atomic
-
-# EX_TEMPFAIL (sysexits.h): "a temporary failure; the user is invited to retry".
-REQUEUE_EXIT_CODE = 75
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-REQUEUE_MARKER = "requeue.json"
-COMPLETE_MARKER = "complete.json"
+from easyanimate import distributed, runfolder
+from easyanimate.runfolder import PREEMPTION_SIGNALS, REQUEUE_EXIT_CODE  # noqa: F401 (the loop's exit code)
 
 
 class PreemptionHandler:
@@ -60,8 +55,8 @@ class PreemptionHandler:
 
     def write_requeue_marker(self, output_dir: str | Path, step: int, checkpoint: str | Path) -> Path:
         """Rank 0, after the signal-triggered save has committed on every rank."""
-        return write_json_atomic(Path(output_dir) / REQUEUE_MARKER, {
-            "step": step, "signal": self.received, "checkpoint": str(checkpoint), "time": time.time(),
+        return runfolder.write_marker(output_dir, runfolder.REQUEUE_MARKER, {
+            "step": step, "signal": self.received, "checkpoint": str(checkpoint),
             "signal_received_at": self.received_at})
 
 
@@ -74,29 +69,20 @@ def _collective_device() -> torch.device:
 
 def write_complete_marker(output_dir: str | Path, step: int, checkpoint: str | Path | None = None) -> Path:
     """Rank 0, when training has reached its last step; ``checkpoint`` defaults to output_dir/checkpoint-STEP."""
-    output_dir = Path(output_dir)
     if checkpoint is None:
-        final = output_dir / f"checkpoint-{step}"
+        final = runfolder.checkpoint_dir(output_dir, step)
         checkpoint = final if final.is_dir() else None
-    return write_json_atomic(output_dir / COMPLETE_MARKER, {
-        "step": step, "checkpoint": None if checkpoint is None else str(checkpoint), "time": time.time()})
+    return runfolder.write_marker(output_dir, runfolder.COMPLETE_MARKER, {
+        "step": step, "checkpoint": None if checkpoint is None else str(checkpoint)})
 
 
 def clear_requeue_marker(output_dir: str | Path) -> None:
     """At training start (rank 0): both outcome markers describe the previous attempt, not this one (a stale
     complete.json would tell the SLURM layer that a run which then crashes had finished)."""
     if distributed.is_main():
-        for name in (REQUEUE_MARKER, COMPLETE_MARKER):
-            (Path(output_dir) / name).unlink(missing_ok=True)
-
-
-def ignore_preemption_signals() -> None:
-    """For DataLoader workers (call it from ``worker_init_fn``): the main process handles preemption; a worker
-    that kept the default action would die of SIGUSR1/SIGUSR2 and take the run down with it."""
-    for sig in PREEMPTION_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        runfolder.clear_markers(output_dir)
 
 
 def worker_init_fn(_worker_id: int) -> None:
     """A ready-made ``worker_init_fn`` for loaders that need nothing else in their workers."""
-    ignore_preemption_signals()
+    runfolder.ignore_preemption_signals()

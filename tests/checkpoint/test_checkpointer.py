@@ -187,3 +187,13 @@ def test_digests_of_big_files_catch_flips_truncation_and_a_zeroed_tail(tmp_path)
     small = tmp_path / "small.bin"
     small.write_bytes(b"abc")
     assert file_digest(small, "sampled-sha256") == file_digest(small, "sha256")
+
+
+def test_a_stale_attempt_cannot_commit_a_checkpoint(trainer, tmp_path, monkeypatch):
+    from easyanimate import runfolder
+    monkeypatch.setenv(runfolder.ATTEMPT_ENV, "7.0")
+    runfolder.claim(tmp_path, "7.1")  # a newer attempt owns the run folder
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError, match="7.1"):
+        checkpointer.save(trainer[0], 2, {"global_step": 2})
+    assert runfolder.committed_checkpoints(tmp_path) == []

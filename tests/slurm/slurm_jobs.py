@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from easyanimate import runfolder
 from slurm import attempts, jobs, status
 from slurm.spec import JobSpec
 
@@ -47,12 +48,12 @@ def wait_finished(job_id: str, timeout: float) -> str:
 
 
 def outcomes(job_dir: Path) -> list[dict]:
-    return [(attempts.read_json(p / "attempt.json") or {}).get("outcome") or {}
+    return [(runfolder.read_json(p / "attempt.json") or {}).get("outcome") or {}
             for p in attempts.attempt_dirs(job_dir)]
 
 
 def attempt_records(job_dir: Path) -> list[dict]:
-    return [attempts.read_json(p / "attempt.json") or {} for p in attempts.attempt_dirs(job_dir)]
+    return [runfolder.read_json(p / "attempt.json") or {} for p in attempts.attempt_dirs(job_dir)]
 
 
 def running_attempt(job_dir: Path, n: int) -> bool:

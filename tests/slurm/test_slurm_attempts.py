@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from easyanimate import runfolder
 from slurm import attempts
 from slurm.attempts import Evidence, classify
 
@@ -106,10 +107,10 @@ def test_each_kind_has_its_own_budget():
 
 
 def test_fresh_marker_ignores_markers_from_earlier_attempts(tmp_path):
-    attempts.write_json(tmp_path / "requeue.json", {"step": 3, "time": T0 - 1})
-    assert attempts.fresh_marker(tmp_path, "requeue.json", since=T0) is None
-    attempts.write_json(tmp_path / "requeue.json", {"step": 5, "time": T0 + 1})
-    assert attempts.fresh_marker(tmp_path, "requeue.json", since=T0)["step"] == 5
+    runfolder.write_json_atomic(tmp_path / "requeue.json", {"step": 3, "time": T0 - 1})
+    assert runfolder.read_marker(tmp_path, "requeue.json", since=T0) is None
+    runfolder.write_json_atomic(tmp_path / "requeue.json", {"step": 5, "time": T0 + 1})
+    assert runfolder.read_marker(tmp_path, "requeue.json", since=T0)["step"] == 5
 
 
 def test_latest_checkpoint_counts_only_committed_folders(tmp_path):
@@ -119,7 +120,7 @@ def test_latest_checkpoint_counts_only_committed_folders(tmp_path):
         if committed:
             (folder / "manifest.json").write_text("{}")
     (tmp_path / ".tmp-checkpoint-40").mkdir()
-    assert attempts.latest_checkpoint(tmp_path) == {"step": 20, "path": str(tmp_path / "checkpoint-20")}
+    assert runfolder.latest_checkpoint(tmp_path) == {"step": 20, "path": str(tmp_path / "checkpoint-20")}
 
 
 def test_attempts_are_ordered_by_job_then_restart(tmp_path):
@@ -151,13 +152,13 @@ def test_an_attempt_slurm_requeued_behind_our_back_is_settled_from_its_traces(tm
     assert launch.begin(spec, first) == 0
     folder = tmp_path / "job" / "attempts" / "7.0"
     for rank in (0, 1):  # SIGKILLed after KillWait: signals recorded, no exit code, no end record
-        attempts.write_json(folder / f"node{rank}.json", node(rank, None, (("TERM", T0 + 1e9),)))
-    attempts.write_json(tmp_path / "job" / "output" / "requeue.json", marker(step=6, received=2e9, committed=2e9 + 1))
+        runfolder.write_json_atomic(folder / f"node{rank}.json", node(rank, None, (("TERM", T0 + 1e9),)))
+    runfolder.write_json_atomic(tmp_path / "job" / "output" / "requeue.json", marker(step=6, received=2e9, committed=2e9 + 1))
     assert launch.begin(spec, NodeContext("7", 2, 0, "node1", "20007", restart_count=1)) == 0
-    settled = attempts.read_json(folder / "attempt.json")["outcome"]
+    settled = runfolder.read_json(folder / "attempt.json")["outcome"]
     assert settled["kind"] == "preempted" and settled["step"] == 6 and not settled["requeue"]
     assert settled["detail"].startswith("requeued by SLURM")
-    resumed = attempts.read_json(tmp_path / "job" / "attempts" / "7.1" / "attempt.json")
+    resumed = runfolder.read_json(tmp_path / "job" / "attempts" / "7.1" / "attempt.json")
     assert resumed["outcome"] is None and resumed["restart_count"] == 1
 
 
@@ -168,7 +169,7 @@ def test_begin_refuses_an_attempt_past_its_budget(tmp_path):
     assert launch.begin(spec, NodeContext("9", 2, 0, "node1", "20009", restart_count=0)) == 0
     # attempt 9.0 left nothing behind (its nodes vanished) and SLURM requeued it: a node failure
     assert launch.begin(spec, NodeContext("9", 2, 0, "node1", "20009", restart_count=1)) == 3
-    outcomes = [attempts.read_json(p / "attempt.json")["outcome"] for p in attempts.attempt_dirs(tmp_path / "job")]
+    outcomes = [runfolder.read_json(p / "attempt.json")["outcome"] for p in attempts.attempt_dirs(tmp_path / "job")]
     assert [o["kind"] for o in outcomes] == ["node_failure", "budget_exhausted"]
     assert "max_node_failures=0" in outcomes[1]["detail"]
 

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 import slurm_jobs as sj
 from slurm_jobs import REPO
 
+from easyanimate import runfolder
+
 pytestmark = [pytest.mark.integration]
 DEMO_JOB = str(REPO / "configs" / "jobs" / "demo.yaml")
 STEPS = 60
@@ -74,8 +76,8 @@ def test_preempted_three_ways_the_demo_job_resumes_to_the_uninterrupted_weights(
     assert [r["restart_count"] for r in records] == [0, 1, 2, 3]
 
     ref_out = Path(reference.output_dir)
-    assert sj.attempts.read_json(output / "complete.json")["step"] == STEPS
-    assert sj.attempts.read_json(ref_out / "complete.json")["step"] == STEPS
+    assert sj.runfolder.read_json(output / "complete.json")["step"] == STEPS
+    assert sj.runfolder.read_json(ref_out / "complete.json")["step"] == STEPS
     got, want = weights(output), weights(ref_out)
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want), "resumed weights differ from the uninterrupted run"
