@@ -7,6 +7,9 @@
     python slurm/submit.py status JOB_DIR       SLURM state, every attempt, latest checkpoint
     python slurm/submit.py logs JOB_DIR [--tail N]
     python slurm/submit.py cancel JOB_DIR
+    python slurm/submit.py check --job JOB --nodes N ... [--no-wait] [-- FLAGS]
+                                                preflight: a few minutes' job through the same launch path,
+                                                then one PASS/WARN/FAIL table (run it first on a new cluster)
 
 Options come from the job spec (slurm/spec.py); flags after ``--`` are the seed's training flags and override the
 job file's ``train:`` section.
@@ -106,6 +109,37 @@ def submit_main(argv: list[str]) -> int:
     return 0
 
 
+def check_main(argv: list[str]) -> int:
+    from slurm.check import run as check
+
+    own, extra = _split_extra(argv)
+    parser = build_parser()
+    parser.prog = "slurm/submit.py check"
+    parser.add_argument("--no-wait", action="store_true", help="Submit and return; `status JOB_DIR` shows the "
+                        "verdicts once the check job has ended.")
+    parser.add_argument("--storage-mib", type=int, default=2048, help="MiB each node writes in the storage test.")
+    args = vars(parser.parse_args(own))
+    job_file, no_wait, storage_mib = args.pop("job"), args.pop("no_wait"), args.pop("storage_mib")
+    for flag in ("dry_run", "local", "template"):
+        args.pop(flag)
+    if "env" in args:
+        args["env"] = dict(args["env"])
+    try:
+        spec = jobs.build_spec(args, job_file=job_file, extra=extra)
+        job_id = check.submit(spec, storage_mib=storage_mib)
+    except SpecError as error:
+        print(f"submit.py check: {error}", file=sys.stderr)
+        return 2
+    print(f"preflight check: job {job_id}, job folder {check.check_dir(spec.job_dir)}", flush=True)
+    if no_wait:
+        print(f"  verdicts: python slurm/submit.py status {spec.job_dir}")
+        return 0
+    state = check.wait(spec.job_dir, job_id)
+    text, rows = check.collect(spec.job_dir)
+    print(f"check job {job_id} ended {state}\n\n{text}\nsaved in {Path(spec.job_dir) / check.RESULT}")
+    return 1 if check.verdicts.overall(rows) == check.verdicts.FAIL else 0
+
+
 def _run_local(spec) -> int:
     try:
         outcome = jobs.run_local(spec)
@@ -123,11 +157,18 @@ def tool_main(argv: list[str]) -> int:
     if argv[0] == "logs":
         parser.add_argument("--tail", type=int, default=0, help="Also print the last N lines of each log.")
     args = parser.parse_args(argv[1:])
-    if not (args.job_dir / "job.json").is_file():
+    from slurm.check import run as check
+
+    preflight = check.summary(args.job_dir) if argv[0] == "status" else None
+    trained = (args.job_dir / "job.json").is_file()
+    if not trained and preflight is None:
         print(f"{args.job_dir} is not a job folder (no job.json)", file=sys.stderr)
         return 2
     if argv[0] == "status":
-        sys.stdout.write(status.format_status(status.status(args.job_dir)))
+        if trained:
+            sys.stdout.write(status.format_status(status.status(args.job_dir)))
+        if preflight:
+            print(preflight)
     elif argv[0] == "logs":
         for path in status.log_paths(args.job_dir):
             print(path)
@@ -144,6 +185,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in ("status", "logs", "cancel"):
         return tool_main(argv)
+    if argv and argv[0] == "check":
+        return check_main(argv[1:])
     return submit_main(argv)
 
 
