@@ -10,10 +10,9 @@ from diffusers import EasyAnimateTransformer3DModel
 from easyanimate.models import load_model_spec
 from easyanimate.models.loading import load_transformer
 from easyanimate.training.export import export
-from seed_commands import SEED
 from trainer_runs import CONFIGS, launch, metrics, seed_command
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not SEED.exists(), reason="seed document missing")]
+pytestmark = pytest.mark.integration
 
 CASES = [("EasyAnimateV5.1 without deepspeed", "tiny_model_v51_original",
           "easyanimate_video_v5.1_magvit_qwen.yaml"),
