@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLMagvit, DDPMScheduler, EasyAnimateTransformer3DModel, \
     FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from easyanimate.config import TrainConfig
 from easyanimate.models import original
@@ -25,9 +26,6 @@ from easyanimate.models.text import TextEncoder
 from easyanimate.models.weights import StrictLoadError, build_strict, load_into, read_state_dict
 
 logger = logging.getLogger(__name__)
-
-SCHEDULERS = {"flow": FlowMatchEulerDiscreteScheduler, "ddpm": DDPMScheduler, "sigma": DDPMScheduler}
-
 
 @dataclass
 class Components:
@@ -86,19 +84,19 @@ def load_vae(folder: str | Path, spec: ModelSpec, *, layout: Layout | None = Non
     return vae.requires_grad_(False).eval()
 
 
-def load_scheduler(folder: str | Path, loss_type: str):
-    """The training scheduler from scheduler/ (flow matching for ``flow``, DDPM for ``ddpm`` and ``sigma``)."""
+def load_scheduler(folder: str | Path, cls: type[SchedulerMixin], *, required: bool = True):
+    """A ``cls`` built from the folder's scheduler/ config (the --loss_type table says which class), or None
+    when the folder has none and the loss does not need one."""
     sub = Path(folder) / "scheduler"
     if not (sub / "scheduler_config.json").is_file():
-        if loss_type == "sigma":
+        if not required:
             return None
-        raise StrictLoadError(f"{sub}: no scheduler_config.json; --loss_type {loss_type} reads its noise "
-                              "schedule from there.")
-    cls = SCHEDULERS[loss_type]
+        raise StrictLoadError(f"{sub}: no scheduler_config.json; the loss type reads its noise schedule "
+                              f"({cls.__name__}) from there.")
     saved = json.loads((sub / "scheduler_config.json").read_text()).get("_class_name")
     if saved != cls.__name__:
-        logger.warning("%s holds a %s config; --loss_type %s builds a %s from it (as EasyAnimate's trainer does).",
-                       sub, saved, loss_type, cls.__name__)
+        logger.warning("%s holds a %s config; the loss type builds a %s from it (as EasyAnimate's trainer does).",
+                       sub, saved, cls.__name__)
     return cls.from_config(cls.load_config(sub))
 
 
@@ -114,7 +112,10 @@ def _apply_extra_weights(model: torch.nn.Module, path: str | None, *, transforme
     logger.info("loaded %s strictly on top of the model folder", path)
 
 
-def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: torch.dtype) -> Components:
+def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: torch.dtype,
+                    scheduler: type[SchedulerMixin] | None = None, scheduler_required: bool = True) -> Components:
+    """Everything from the model folder; ``scheduler`` (None: none loaded) and ``scheduler_required`` come from
+    the --loss_type table."""
     folder = cfg.model_folder
     layout = detect_layout(folder)
     logger.info("model folder %s: %s layout", folder, layout)
@@ -127,5 +128,5 @@ def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: 
         use_attention_mask=bool(transformer.config.enable_text_attention_mask),
         offload=cfg.low_vram or cfg.enable_text_encoder_in_dataloader)
     return Components(transformer=transformer.to(device), vae=vae.to(device),
-                      text_encoder=text_encoder, noise_scheduler=load_scheduler(folder, cfg.loss_type),
+                      text_encoder=text_encoder, noise_scheduler=scheduler and load_scheduler(folder, scheduler, required=scheduler_required),
                       layout=layout)

@@ -54,7 +54,8 @@ def build_optimizer(params: tuple[list, list], cfg: TrainConfig, lr: float) -> t
         optimizer_cls = bnb.optim.AdamW8bit
     elif cfg.use_came:
         from came_pytorch import CAME
-        return CAME(groups, lr=lr, weight_decay=cfg.adam_weight_decay, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+        # As the original: CAME with its own betas and eps and no weight decay (the --adam_* flags are AdamW's).
+        return CAME(groups, lr=lr, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
     else:
         optimizer_cls = torch.optim.AdamW
     return optimizer_cls(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
@@ -76,7 +77,8 @@ def clip_threshold(step: int, max_grad_norm: float, decay_steps: int, initial_ra
 
 
 def spike_clip(norm: float, threshold: float, step: int, decay_steps: int) -> float:
-    """After the decay, a norm above 5x the threshold is clipped hard to threshold / min(norm / threshold, 10)."""
-    if step >= decay_steps and norm > 5 * threshold:
+    """After the decay (from the step after ``decay_steps``, as the original), a norm above 5x the threshold is
+    clipped hard to threshold / min(norm / threshold, 10)."""
+    if step > decay_steps and norm > 5 * threshold:
         return threshold / min(norm / threshold, 10.0)
     return threshold
