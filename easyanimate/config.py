@@ -114,8 +114,10 @@ class TrainConfig:
     abnormal_norm_clip_start: int = opt(1000, "Steps over which the clip threshold decays from "
                                         "initial_grad_norm_ratio x max_grad_norm to max_grad_norm.", O)
     initial_grad_norm_ratio: int = opt(5, "Starting multiple of max_grad_norm for the decaying clip.", O)
-    trainable_modules: list[str] = opt(["."], "Substrings of transformer parameter names to train "
-                                       "('.' = all).", O, nargs="+")
+    trainable_modules: list[str] = opt(["."], "Substrings of EasyAnimate's transformer parameter names to train "
+                                       "('.' = all; attn2 = the text stream's attention, as in the original); a "
+                                       "substring found in none of them is matched against diffusers' names. "
+                                       "Counts are logged.", O, nargs="+")
     trainable_modules_low_learning_rate: list[str] = opt([], "Substrings trained at half the learning rate.",
                                                          O, nargs="*")
     use_ema: bool = opt(False, "Keep an exponential moving average of the transformer.", O)

@@ -12,6 +12,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from easyanimate.config import ConfigError, TrainConfig
+from easyanimate.models.original import select_by_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +20,24 @@ logger = logging.getLogger(__name__)
 Params = list[torch.nn.Parameter]
 
 
+def _matched(names: list[str], patterns: list[str], flag: str) -> set[str]:
+    """Names selected by ``patterns`` (EasyAnimate's parameter names first, see select_by_pattern), logged."""
+    chosen = set()
+    for pattern, (matched, space) in select_by_pattern(names, patterns).items():
+        logger.info("--%s %r: %d tensors (matched against %s)", flag, pattern, len(matched), space)
+        chosen.update(matched)
+    return chosen
+
+
 def select_trainable(model: torch.nn.Module, cfg: TrainConfig) -> tuple[Params, Params]:
-    """(full-lr params, half-lr params) by substring match on names; everything else is frozen."""
-    full, low = [], []
-    for name, param in model.named_parameters():
-        if any(key in name for key in cfg.trainable_modules):
-            full.append(param)
-        elif any(key in name for key in cfg.trainable_modules_low_learning_rate):
-            low.append(param)
+    """(full-lr params, half-lr params) by substring match on the original's names; everything else is frozen."""
+    params = dict(model.named_parameters())
+    full_names = _matched(list(params), cfg.trainable_modules, "trainable_modules")
+    low_names = _matched(list(params), cfg.trainable_modules_low_learning_rate,
+                         "trainable_modules_low_learning_rate") - full_names
+    full = [p for n, p in params.items() if n in full_names]
+    low = [p for n, p in params.items() if n in low_names]
+    for param in params.values():
         param.requires_grad_(False)
     for param in full + low:
         param.requires_grad_(True)
