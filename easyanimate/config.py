@@ -188,6 +188,11 @@ class TrainConfig:
     ref_drop_ratio: float = opt(0.2, "Probability that a sample's reference latent is zeroed.", X)
     sample_ledger: bool = opt(False, "Write every trained sample id per rank to output_dir/ledger/ (audits "
                               "exact resume).", X)
+    init_from_base_model: bool = opt(False, "Start a control model from a base model (T2V, InP) whose patch "
+                                     "embedding takes another number of input channels: the transformer is built "
+                                     "with the channels --train_mode feeds, the base weights' extra channels are "
+                                     "zero-filled (or the surplus cut off), logged; every other tensor must match "
+                                     "exactly. EasyAnimate's loader did this silently.", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
 

@@ -120,7 +120,8 @@ def check_channels(transformer, vae, uses_ref: bool, cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--train_mode {cfg.train_mode}: the transformer in {cfg.pretrained_model_name_or_path} takes "
             f"{actual} input channels, but {cfg.train_mode} feeds {expected} ({latent} latent channels x "
-            f"{'noisy, control, ref' if uses_ref else 'noisy, control'}). Use --train_mode {hint}.")
+            f"{'noisy, control, ref' if uses_ref else 'noisy, control'}). Use --train_mode {hint}, or start "
+            f"a {cfg.train_mode} model from this base model with --init_from_base_model.")
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
