@@ -48,10 +48,11 @@ M, D, O, L, C, T, R, X = "model and paths", "data", "optimisation", "diffusion o
 class TrainConfig:
     # --- model and paths ---
     pretrained_model_name_or_path: Optional[str] = opt(
-        None, "Model folder (EasyAnimate's layout or diffusers' with model_index.json): transformer/, vae/, "
-        "scheduler/, tokenizer/, text_encoder/ (and tokenizer_2/, text_encoder_2/ for V5).", M)
-    revision: Optional[str] = opt(None, "Hub revision; accepted for compatibility, models load from local "
-                                  "folders only.", M, unused=True)
+        None, "Model folder (EasyAnimate's layout or diffusers'): transformer/, vae/, scheduler/, tokenizer/, "
+        "text_encoder/ (and tokenizer_2/, text_encoder_2/ for V5); or a hub id org/name, read from the Hugging "
+        "Face cache (fetch it once with `hf download org/name`).", M)
+    revision: Optional[str] = opt(None, "With a hub id (org/name) in --pretrained_model_name_or_path: the "
+                                  "branch, tag or commit to take from the Hugging Face cache.", M)
     variant: Optional[str] = opt(None, "Accepted for compatibility; weights load from the files the folder "
                                  "holds, strictly, whatever their variant.", M, unused=True)
     non_ema_revision: Optional[str] = opt(None, "Accepted for compatibility; unused.", M, unused=True)
@@ -198,7 +199,9 @@ class TrainConfig:
 
     @property
     def model_folder(self) -> Path:
-        return Path(self.pretrained_model_name_or_path)
+        """The local model folder (a hub id resolves to its cached snapshot)."""
+        from easyanimate.hub import resolve_model_folder
+        return resolve_model_folder(self.pretrained_model_name_or_path, self.revision)
 
 
 FIELD_HINTS = get_type_hints(TrainConfig)
@@ -273,8 +276,12 @@ def validate(cfg: TrainConfig) -> list[str]:
     """Check values and files before anything heavy runs. Returns warnings; raises ConfigError on errors."""
     _require(cfg.pretrained_model_name_or_path is not None, "pretrained_model_name_or_path",
              "is required: point it at a model folder (see `easyanimate make-tiny-model`).")
-    model = cfg.model_folder
-    _require(model.is_dir(), "pretrained_model_name_or_path", f"{model} is not a folder.")
+    from easyanimate.hub import HubModelNotCached
+    try:
+        model = cfg.model_folder
+    except HubModelNotCached as error:
+        raise ConfigError(str(error)) from None
+    _require(model.is_dir(), "pretrained_model_name_or_path", f"{model} is not a folder (nor a hub id org/name).")
     _require((model / "transformer").is_dir(), "pretrained_model_name_or_path",
              f"{model} has no transformer/ subfolder; pass the model root (the folder holding transformer/, "
              "vae/, text_encoder/, tokenizer/, scheduler/).")
