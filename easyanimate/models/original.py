@@ -258,7 +258,12 @@ def save_transformer_original(transformer: EasyAnimateTransformer3DModel, folder
                               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``transformer`` (or ``state_dict`` with its config) as EasyAnimate's own class saves it."""
     state = transformer.state_dict() if state_dict is None else state_dict
-    return _write(Path(folder), original_transformer_config(dict(transformer.config)), to_original_layout(state))
+    return write_transformer_original(dict(transformer.config), state, folder)
+
+
+def write_transformer_original(diffusers_config: dict, state: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    """A diffusers transformer's config and weights, written as EasyAnimate's own class saves them."""
+    return _write(Path(folder), original_transformer_config(diffusers_config), to_original_layout(state))
 
 
 def save_vae_original(vae: AutoencoderKLMagvit, folder: str | Path) -> Path:
