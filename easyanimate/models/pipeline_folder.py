@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from easyanimate.models import original
-from easyanimate.models.layout import detect_layout
+from easyanimate.models.layout import ModelFolderError, detect_layout
 from easyanimate.models.spec import ModelSpec
 from easyanimate.models.weights import read_state_dict
 
@@ -108,6 +108,10 @@ def write_pipeline_folder(out: str | Path, *, transformer: str | Path, base: str
     ``take_transformer`` moved in (a temporary export)."""
     out, transformer, base = Path(out), Path(transformer), Path(base)
     is_original = detect_layout(base) == "original"
+    needed = [base / name for name in [*_text_parts(base, spec), "scheduler"]]
+    missing = [str(p) for p in needed if not p.is_dir()]
+    if missing:
+        raise ModelFolderError(f"{base}: cannot hand on a model folder without {', '.join(missing)}.")
     temp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)

@@ -86,13 +86,17 @@ def export(checkpoint: str | Path, out: str | Path, *, layout: str = "diffusers"
     return out
 
 
-def write_run_pipeline(cfg, output_dir: str | Path) -> Path:
+def write_run_pipeline(cfg, output_dir: str | Path) -> Path | None:
     """``output_dir/pipeline``: the run's base model with ``output_dir/transformer`` in it (see pipeline_folder)."""
-    from easyanimate.models import load_model_spec
+    from easyanimate.models import ModelFolderError, load_model_spec
     from easyanimate.models.pipeline_folder import write_pipeline_folder
     output_dir = Path(output_dir)
-    return write_pipeline_folder(output_dir / "pipeline", transformer=output_dir / "transformer",
-                                 base=cfg.model_folder, spec=load_model_spec(cfg.config_path))
+    try:
+        return write_pipeline_folder(output_dir / "pipeline", transformer=output_dir / "transformer",
+                                     base=cfg.model_folder, spec=load_model_spec(cfg.config_path))
+    except ModelFolderError as error:  # the training result itself is complete: do not fail the run over it
+        logger.error("output_dir/pipeline not written: %s (output_dir/transformer is complete)", error)
+        return None
 
 
 def export_pipeline(checkpoint: str | Path, out: str | Path, *, base: str | None = None,

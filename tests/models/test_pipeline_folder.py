@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
 
-from easyanimate.models import load_components, load_model_spec, load_transformer
+from easyanimate.models import ModelFolderError, load_components, load_model_spec, load_transformer
 from easyanimate.models.pipeline import MendedEasyAnimateControlPipeline
 from easyanimate.models.pipeline_folder import write_pipeline_folder
 
-from model_helpers import YAML, train_config
+from model_helpers import YAML, copy_model, train_config
 
 
 def _trained(base, version, out):
@@ -63,3 +64,13 @@ def test_v5_folder_is_in_the_original_layout_and_loads_as_a_model_folder(tiny_mo
         target = out / part
         files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
         assert files and all(_linked_into(f, tiny_model_v5) for f in files), part
+
+
+def test_a_base_without_a_scheduler_is_named_not_half_written(tiny_model_v51, tmp_path):
+    base = copy_model(tiny_model_v51, tmp_path / "base")
+    shutil.rmtree(base / "scheduler")
+    transformer, _ = _trained(base, "v5.1", tmp_path / "transformer")
+    with pytest.raises(ModelFolderError, match="scheduler"):
+        write_pipeline_folder(tmp_path / "pipeline", transformer=transformer, base=base,
+                              spec=load_model_spec(YAML["v5.1"]))
+    assert not (tmp_path / "pipeline").exists()
