@@ -48,11 +48,13 @@ M, D, O, L, C, T, R, X = "model and paths", "data", "optimisation", "diffusion o
 class TrainConfig:
     # --- model and paths ---
     pretrained_model_name_or_path: Optional[str] = opt(
-        None, "Model folder (EasyAnimate's layout or diffusers' with model_index.json): transformer/, vae/, "
-        "scheduler/, tokenizer/, text_encoder/ (and tokenizer_2/, text_encoder_2/ for V5).", M)
-    revision: Optional[str] = opt(None, "Hub revision; accepted for compatibility, models load from local "
-                                  "folders only.", M, unused=True)
-    variant: Optional[str] = opt(None, "Weight file variant (e.g. fp16) for the VAE and text encoders.", M)
+        None, "Model folder (EasyAnimate's layout or diffusers'): transformer/, vae/, scheduler/, tokenizer/, "
+        "text_encoder/ (and tokenizer_2/, text_encoder_2/ for V5); or a hub id org/name, read from the Hugging "
+        "Face cache (fetch it once with `hf download org/name`).", M)
+    revision: Optional[str] = opt(None, "With a hub id (org/name) in --pretrained_model_name_or_path: the "
+                                  "branch, tag or commit to take from the Hugging Face cache.", M)
+    variant: Optional[str] = opt(None, "Accepted for compatibility; weights load from the files the folder "
+                                 "holds, strictly, whatever their variant.", M, unused=True)
     non_ema_revision: Optional[str] = opt(None, "Accepted for compatibility; unused.", M, unused=True)
     config_path: Optional[str] = opt(
         None, "Model YAML (configs/easyanimate_video_v5.1_magvit_qwen.yaml or "
@@ -81,7 +83,9 @@ class TrainConfig:
     random_hw_adapt: bool = opt(False, "Random training resolution per batch between the size limits.", D)
     training_with_video_token_length: bool = opt(False, "Pick video sizes and frame counts under the token "
                                                  "budget; tile small batches up to it.", D)
-    random_ratio_crop: bool = opt(False, "Crop every batch to a randomly drawn aspect ratio.", D)
+    random_ratio_crop: bool = opt(False, "With --enable_bucket: crop each batch to one of 15 aspect ratios "
+                                  "(h/w 0.42 to 2.4, drawn with EasyAnimate's weights, square-ish ones most often) "
+                                  "instead of its samples' own bucket.", D)
     random_frame_crop: bool = opt(False, "Randomly shorten clips (4k+1) to simulate shorter videos.", D)
     keep_all_node_same_token_length: bool = opt(False, "Same token budget on every rank at every step.", D)
     dataloader_num_workers: int = opt(0, "DataLoader worker processes per rank.", D)
@@ -111,8 +115,10 @@ class TrainConfig:
     abnormal_norm_clip_start: int = opt(1000, "Steps over which the clip threshold decays from "
                                         "initial_grad_norm_ratio x max_grad_norm to max_grad_norm.", O)
     initial_grad_norm_ratio: int = opt(5, "Starting multiple of max_grad_norm for the decaying clip.", O)
-    trainable_modules: list[str] = opt(["."], "Substrings of transformer parameter names to train "
-                                       "('.' = all).", O, nargs="+")
+    trainable_modules: list[str] = opt(["."], "Substrings of EasyAnimate's transformer parameter names to train "
+                                       "('.' = all; attn2 = the text stream's attention, as in the original); a "
+                                       "substring found in none of them is matched against diffusers' names. "
+                                       "Counts are logged.", O, nargs="+")
     trainable_modules_low_learning_rate: list[str] = opt([], "Substrings trained at half the learning rate.",
                                                          O, nargs="*")
     use_ema: bool = opt(False, "Keep an exponential moving average of the transformer.", O)
@@ -124,9 +130,12 @@ class TrainConfig:
     low_vram: bool = opt(False, "Keep the VAE and text encoders on CPU except while they run.", O)
 
     # --- diffusion objective ---
-    loss_type: LossType = opt("sigma", "flow (V5.1), ddpm (V5, V4) or sigma (V1-V3: epsilon MSE on the DDPM "
-                              "schedule plus the learned-variance bound).", L, warn_if="sigma")
-    train_sampling_steps: int = opt(1000, "Number of discrete training timesteps.", L)
+    loss_type: LossType = opt("sigma", "flow (V5.1), ddpm (V5, V4) or sigma (V1-V3: epsilon MSE on a fixed "
+                              "1000-step linear-beta schedule; the original's learned-variance bound term is not "
+                              "computed, V5/V5.1 have no variance head).", L, warn_if="sigma")
+    train_sampling_steps: int = opt(1000, "ddpm: timesteps are drawn from [0, N), at most the scheduler's "
+                                    "length; sigma: the 1000-step schedule respaced to N steps (N <= 1000); no "
+                                    "effect with flow (as in the original).", L)
     uniform_sampling: bool = opt(False, "Stratify timesteps across ranks: rank r draws from its own interval.", L)
     weighting_scheme: WeightingScheme = opt("none", "flow: timestep density and loss weight (SD3).", L)
     logit_mean: float = opt(0.0, "Mean of the logit_normal scheme.", L)
@@ -166,7 +175,8 @@ class TrainConfig:
     validation_epochs: int = opt(5, "Validate every N epochs.", R)
     report_to: str = opt("tensorboard", "Tracker: tensorboard, wandb, comet_ml, all or none.", R)
     tracker_project_name: str = opt("text2image-fine-tune", "Tracker project name.", R)
-    report_model_info: bool = opt(False, "Log gradient norms.", R)
+    report_model_info: bool = opt(False, "Accepted for compatibility; the gradient norm is always logged "
+                                  "(logs/metrics.jsonl), per-tensor norms are not written.", R, unused=True)
     push_to_hub: bool = opt(False, "Accepted for compatibility; unused.", R, unused=True)
     hub_model_id: Optional[str] = opt(None, "Accepted for compatibility; unused.", R, unused=True)
     hub_token: Optional[str] = opt(None, "Accepted for compatibility; unused.", R, unused=True)
@@ -179,12 +189,19 @@ class TrainConfig:
     ref_drop_ratio: float = opt(0.2, "Probability that a sample's reference latent is zeroed.", X)
     sample_ledger: bool = opt(False, "Write every trained sample id per rank to output_dir/ledger/ (audits "
                               "exact resume).", X)
+    init_from_base_model: bool = opt(False, "Start a control model from a base model (T2V, InP) whose patch "
+                                     "embedding takes another number of input channels: the transformer is built "
+                                     "with the channels --train_mode feeds, the base weights' extra channels are "
+                                     "zero-filled (or the surplus cut off), logged; every other tensor must match "
+                                     "exactly. EasyAnimate's loader did this silently.", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
 
     @property
     def model_folder(self) -> Path:
-        return Path(self.pretrained_model_name_or_path)
+        """The local model folder (a hub id resolves to its cached snapshot)."""
+        from easyanimate.hub import resolve_model_folder
+        return resolve_model_folder(self.pretrained_model_name_or_path, self.revision)
 
 
 FIELD_HINTS = get_type_hints(TrainConfig)
@@ -259,8 +276,12 @@ def validate(cfg: TrainConfig) -> list[str]:
     """Check values and files before anything heavy runs. Returns warnings; raises ConfigError on errors."""
     _require(cfg.pretrained_model_name_or_path is not None, "pretrained_model_name_or_path",
              "is required: point it at a model folder (see `easyanimate make-tiny-model`).")
-    model = cfg.model_folder
-    _require(model.is_dir(), "pretrained_model_name_or_path", f"{model} is not a folder.")
+    from easyanimate.hub import HubModelNotCached
+    try:
+        model = cfg.model_folder
+    except HubModelNotCached as error:
+        raise ConfigError(str(error)) from None
+    _require(model.is_dir(), "pretrained_model_name_or_path", f"{model} is not a folder (nor a hub id org/name).")
     _require((model / "transformer").is_dir(), "pretrained_model_name_or_path",
              f"{model} has no transformer/ subfolder; pass the model root (the folder holding transformer/, "
              "vae/, text_encoder/, tokenizer/, scheduler/).")
@@ -279,6 +300,9 @@ def validate(cfg: TrainConfig) -> list[str]:
         _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}.")
     for name in ("video_sample_size", "image_sample_size", "token_sample_size"):
         _require(getattr(cfg, name) % 16 == 0, name, f"must be a multiple of 16, got {getattr(cfg, name)}.")
+    _require(cfg.loss_type != "sigma" or cfg.train_sampling_steps <= 1000, "train_sampling_steps",
+             f"--loss_type sigma respaces a 1000-step schedule; {cfg.train_sampling_steps} steps cannot be taken "
+             "from it. Pass at most 1000.")
     _require(cfg.video_repeat >= 0, "video_repeat", "must be >= 0.")
     _require(cfg.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0.")
     _require(cfg.max_train_steps is None or cfg.max_train_steps >= 1, "max_train_steps", "must be >= 1.")
@@ -312,6 +336,14 @@ def _warnings(cfg: TrainConfig) -> list[str]:
                         "--video_repeat=1 to train on videos.")
     if not cfg.enable_bucket:
         warnings.append("--enable_bucket is off: every sample is centre-cropped to a square.")
+        if cfg.random_ratio_crop:
+            warnings.append("--random_ratio_crop has no effect without --enable_bucket (as in the original).")
+    if cfg.loss_type == "flow" and cfg.train_sampling_steps != 1000:
+        warnings.append("--train_sampling_steps has no effect with --loss_type flow (as in the original).")
+    if cfg.loss_type == "ddpm" and cfg.train_sampling_steps < 1000:
+        warnings.append(f"--train_sampling_steps {cfg.train_sampling_steps} with --loss_type ddpm trains only "
+                        f"timesteps below {cfg.train_sampling_steps} (the index is the timestep, as in the "
+                        "original).")
     return warnings
 
 

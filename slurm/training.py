@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from easyanimate import hub
 from slurm.spec import JobSpec, SpecError
 
 PATH_FLAGS = ("pretrained_model_name_or_path", "train_data_dir", "train_data_meta", "config_path",
@@ -68,13 +69,17 @@ def resolve(spec: JobSpec, extra: list[str], *, cwd: Path | None) -> JobSpec:
     flags.setdefault("resume_from_checkpoint", "latest")
     if spec.deepspeed:
         flags["use_deepspeed"] = True
+    try:
+        hub_cache = hub.resolve_flags(flags, cwd) if cwd is not None else []  # org/name -> cached snapshot, here
+    except hub.HubModelNotCached as error:
+        raise SpecError(str(error)) from None
     if cwd is not None:
         for key in PATH_FLAGS:
             if isinstance(flags.get(key), str):
                 flags[key] = _absolute(flags[key], cwd)
         if flags.get("validation_paths"):
             flags["validation_paths"] = [_absolute(p, cwd) for p in flags["validation_paths"]]
-    data = [flags[k] for k in DATA_FLAGS if flags.get(k)]
+    data = hub_cache + [flags[k] for k in DATA_FLAGS if flags.get(k)]
     if flags.get("train_data_meta"):
         data.append(os.path.dirname(flags["train_data_meta"]) or ".")
     data += flags.get("validation_paths") or []

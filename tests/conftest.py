@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "easyanimate_original_layout"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,7 +37,7 @@ def demo_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_v51_original(tmp_path_factory) -> Path:
-    """EasyAnimate's own layout (what users have on disk), transformer and VAE from the shared fixture."""
+    """A tiny model folder in EasyAnimate's own layout (what users have on disk)."""
     from easyanimate.models.tiny import make_tiny_model
     return make_tiny_model("v5.1", tmp_path_factory.mktemp("models") / "tiny-v5.1-original", layout="original")
 

@@ -12,6 +12,8 @@ scaled by s / 512, rounded down to multiples of 16 (VAE /8, patch 2). Side range
 
 Images take the top side with probability 0.75 and share the rest equally (as the original); videos under the
 token budget draw uniformly. Sides more than 1.25x the batch's smallest native side are skipped (no upscaling).
+``random_ratio_crop`` ignores the batch's bucket: it crops to one of the original's 15 crop shapes, drawn with
+its weights, at the batch's side.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def _aspect_table(base: int = BASE_SIDE, step: int = 32) -> tuple[tuple[int, int
 
 ASPECT_BUCKETS = _aspect_table()
 SQUARE = ASPECT_BUCKETS.index((BASE_SIDE, BASE_SIDE))
+# --random_ratio_crop: EasyAnimate's crop shapes (h, w) at side 512, h/w from 0.42 to 2.4, and their weights.
+RANDOM_CROP_SHAPES = ((320, 768), (352, 704), (384, 672), (416, 608), (448, 576), (480, 544), (480, 512),
+                      (512, 512), (512, 480), (544, 480), (576, 448), (608, 416), (672, 384), (704, 352), (768, 320))
+RANDOM_CROP_WEIGHTS = (1, 2, 4, 4, 4, 4, 8, 8, 8, 4, 4, 4, 4, 2, 1)
 
 
 def closest_bucket(height: int, width: int) -> int:
@@ -51,6 +57,13 @@ def bucket_size(bucket: int, side: int) -> tuple[int, int]:
     """(h, w) of a bucket scaled to side^2 pixels, multiples of 16, at least 16."""
     h, w = ASPECT_BUCKETS[bucket]
     return (max(ALIGN, h * side // BASE_SIDE // ALIGN * ALIGN), max(ALIGN, w * side // BASE_SIDE // ALIGN * ALIGN))
+
+
+def random_crop_size(side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A crop shape drawn with the original's weights, scaled to ``side`` and floored to multiples of 16."""
+    weights = np.array(RANDOM_CROP_WEIGHTS, dtype=float)
+    h, w = RANDOM_CROP_SHAPES[int(rng.choice(len(RANDOM_CROP_SHAPES), p=weights / weights.sum()))]
+    return max(ALIGN, h * side // BASE_SIDE // ALIGN * ALIGN), max(ALIGN, w * side // BASE_SIDE // ALIGN * ALIGN)
 
 
 def side_ladder(low: int, high: int) -> list[int]:
@@ -74,6 +87,7 @@ class SizeRules:
     random_frame_crop: bool = False
     keep_all_node_same_token_length: bool = False
     enable_bucket: bool = True
+    random_ratio_crop: bool = False
     frame_interval: int = 4
 
     @classmethod
@@ -145,6 +159,8 @@ def plan_batch(rules: SizeRules, data_type: str, bucket: int, min_native_side: f
         bucket = SQUARE
     side = draw_side(rules, data_type, candidate_sides(rules, data_type, bucket, min_native_side), rng)
     height, width = bucket_size(bucket, side)
+    if rules.random_ratio_crop and rules.enable_bucket:
+        height, width = random_crop_size(side, rng)
     if data_type == "image":
         return BatchShape(height, width, 1)
     frames = frame_count(rules, height, width)

@@ -1,13 +1,19 @@
-"""Which layout a model folder is in: diffusers' (with model_index.json) or EasyAnimate's original one.
+"""Which layout a model folder is in: diffusers' or EasyAnimate's original one.
 
-Both have transformer/, vae/, scheduler/, tokenizer(s)/ and text_encoder(s)/; the transformer and VAE folders
-look alike (same ``_class_name``), so the one reliable mark is diffusers' model_index.json at the root.
+Both have transformer/, vae/, scheduler/, tokenizer(s)/ and text_encoder(s)/; the transformer and VAE configs
+look alike (same ``_class_name``), and an original-layout repository on the Hub may carry a model_index.json too.
+The evidence is the transformer's tensor names: the text stream's attention is ``attn2.*`` in EasyAnimate's class
+and ``attn1.add_*_proj`` / ``attn1.to_add_out`` in diffusers'. model_index.json decides only when the names say
+nothing (a transformer without text attention).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+
+from easyanimate.models.weights import tensor_names
 
 Layout = Literal["diffusers", "original"]
 
@@ -24,4 +30,21 @@ def detect_layout(folder: str | Path) -> Layout:
         if not (folder / sub / "config.json").is_file():
             raise ModelFolderError(f"{folder}: no {sub}/config.json; pass the model root (the folder holding "
                                    "transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")
-    return "diffusers" if (folder / "model_index.json").is_file() else "original"
+    weights = [p for p in (folder / "transformer").iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ModelFolderError(f"{folder}/transformer holds no weights (*.safetensors or *.bin).")
+    return layout_from_names(tensor_names(folder / "transformer")) or \
+        ("diffusers" if (folder / "model_index.json").is_file() else "original")
+
+
+_ORIGINAL_TEXT_ATTENTION = re.compile(r"^transformer_blocks\.\d+\.attn2\.")
+_DIFFUSERS_TEXT_ATTENTION = re.compile(r"^transformer_blocks\.\d+\.attn1\.(add_[qkv]_proj|to_add_out|norm_added_)")
+
+
+def layout_from_names(names: list[str]) -> Layout | None:
+    """The layout the transformer's tensor names are in, or None if they do not tell."""
+    if any(_ORIGINAL_TEXT_ATTENTION.match(n) for n in names):
+        return "original"
+    if any(_DIFFUSERS_TEXT_ATTENTION.match(n) for n in names):
+        return "diffusers"
+    return None

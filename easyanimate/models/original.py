@@ -66,6 +66,26 @@ def to_original_layout(state_dict: dict[str, Any]) -> dict[str, Any]:
     return {_rename(k, inverse): v for k, v in state_dict.items()}
 
 
+def original_name(name: str) -> str:
+    """EasyAnimate's name for one of diffusers' transformer parameter names."""
+    return _rename(name, tuple((new, old) for old, new in TRANSFORMER_RENAMES))
+
+
+def select_by_pattern(names: list[str], patterns: list[str]) -> dict[str, tuple[list[str], str]]:
+    """pattern -> (the diffusers names it selects, which names it was matched against).
+
+    ``--trainable_modules`` keeps the original's meaning: a pattern is a substring of EasyAnimate's own parameter
+    names (``attn2`` is the text stream's attention there). Only a pattern that matches none of those (such as
+    diffusers' ``add_q_proj``) is matched against diffusers' names.
+    """
+    selected = {}
+    for pattern in patterns:
+        by_original = [n for n in names if pattern in original_name(n)]
+        selected[pattern] = (by_original, "EasyAnimate's names") if by_original else \
+            ([n for n in names if pattern in n], "diffusers' names")
+    return selected
+
+
 def is_original_transformer_state_dict(keys) -> bool:
     return any(_BLOCK.match(k) and _BLOCK.match(k).group(2).startswith("attn2.") for k in keys)
 
@@ -238,7 +258,12 @@ def save_transformer_original(transformer: EasyAnimateTransformer3DModel, folder
                               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``transformer`` (or ``state_dict`` with its config) as EasyAnimate's own class saves it."""
     state = transformer.state_dict() if state_dict is None else state_dict
-    return _write(Path(folder), original_transformer_config(dict(transformer.config)), to_original_layout(state))
+    return write_transformer_original(dict(transformer.config), state, folder)
+
+
+def write_transformer_original(diffusers_config: dict, state: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    """A diffusers transformer's config and weights, written as EasyAnimate's own class saves them."""
+    return _write(Path(folder), original_transformer_config(diffusers_config), to_original_layout(state))
 
 
 def save_vae_original(vae: AutoencoderKLMagvit, folder: str | Path) -> Path:

@@ -31,6 +31,18 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def tensor_names(folder: Path) -> list[str]:
+    """Names of the tensors in a model subfolder, read from the safetensors headers (no tensor is loaded)."""
+    from safetensors import safe_open
+    names = []
+    for path in _weight_files(folder):
+        if path.suffix != ".safetensors":
+            return list(read_state_dict(folder))
+        with safe_open(path, "pt") as handle:
+            names += list(handle.keys())
+    return names
+
+
 def read_state_dict(source: Path) -> dict[str, torch.Tensor]:
     """All tensors of a model subfolder (single file, index-sharded or plain-sharded), or of one weight file."""
     files = [source] if source.is_file() else _weight_files(source)

@@ -24,6 +24,7 @@ from easyanimate.data import build_train_dataloader
 from easyanimate.models import load_components, load_model_spec
 from easyanimate.training import optim
 from easyanimate.training.checkpoint import Checkpointer
+from easyanimate.training.loss_types import LOSS_TYPES
 from easyanimate.training.step import ControlObjective
 from easyanimate.training.validation import Validator
 
@@ -119,7 +120,8 @@ def check_channels(transformer, vae, uses_ref: bool, cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--train_mode {cfg.train_mode}: the transformer in {cfg.pretrained_model_name_or_path} takes "
             f"{actual} input channels, but {cfg.train_mode} feeds {expected} ({latent} latent channels x "
-            f"{'noisy, control, ref' if uses_ref else 'noisy, control'}). Use --train_mode {hint}.")
+            f"{'noisy, control, ref' if uses_ref else 'noisy, control'}). Use --train_mode {hint}, or start "
+            f"a {cfg.train_mode} model from this base model with --init_from_base_model.")
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -140,7 +142,9 @@ def build_run(cfg: TrainConfig) -> Run:
                 accelerator.mixed_precision)
     weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
     spec = load_model_spec(cfg.config_path)
-    components = load_components(cfg, spec, device=accelerator.device, weight_dtype=weight_dtype)
+    loss_type = LOSS_TYPES[cfg.loss_type]  # the one place the --loss_type string is read
+    components = load_components(cfg, spec, device=accelerator.device, weight_dtype=weight_dtype,
+                                 scheduler=loss_type.scheduler, scheduler_required=loss_type.scheduler_required)
     uses_ref = cfg.train_mode == "control_ref"
     check_channels(components.transformer, components.vae, uses_ref, cfg)
     transformer = components.transformer.to(accelerator.device, torch.float32)
@@ -170,12 +174,13 @@ def build_run(cfg: TrainConfig) -> Run:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     init_trackers(accelerator, cfg)
-    objective = ControlObjective(cfg, components, uses_ref=uses_ref, rank=rank, world_size=world)
+    objective = ControlObjective(cfg, components, loss_type, uses_ref=uses_ref, rank=rank, world_size=world)
     checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
                                 config_fingerprint=fingerprint(cfg))
+    validator = Validator(cfg, components, loss_type.validation_scheduler)
     return Run(cfg=cfg, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
                lr_scheduler=lr_scheduler, trainable=trainable[0] + trainable[1], data=data,
-               checkpointer=checkpointer, validator=Validator(cfg, components), ema=ema, generator=generator,
+               checkpointer=checkpointer, validator=validator, ema=ema, generator=generator,
                steps_per_epoch=steps_per_epoch,
                max_train_steps=max_steps, uses_deepspeed=deepspeed,
                model_layout=components.layout)

@@ -86,6 +86,39 @@ def export(checkpoint: str | Path, out: str | Path, *, layout: str = "diffusers"
     return out
 
 
+def write_run_pipeline(cfg, output_dir: str | Path) -> Path | None:
+    """``output_dir/pipeline``: the run's base model with ``output_dir/transformer`` in it (see pipeline_folder)."""
+    from easyanimate.models import ModelFolderError, load_model_spec
+    from easyanimate.models.pipeline_folder import write_pipeline_folder
+    output_dir = Path(output_dir)
+    try:
+        return write_pipeline_folder(output_dir / "pipeline", transformer=output_dir / "transformer",
+                                     base=cfg.model_folder, spec=load_model_spec(cfg.config_path))
+    except ModelFolderError as error:  # the training result itself is complete: do not fail the run over it
+        logger.error("output_dir/pipeline not written: %s (output_dir/transformer is complete)", error)
+        return None
+
+
+def export_pipeline(checkpoint: str | Path, out: str | Path, *, base: str | None = None,
+                    config_path: str | None = None, dtype: str = "fp32") -> Path:
+    """A checkpoint as a pipeline folder; the base model and model YAML default to the run's (output_dir/config.json
+    beside the checkpoint)."""
+    from easyanimate.config import TrainConfig
+    from easyanimate.models import load_model_spec
+    from easyanimate.models.pipeline_folder import write_pipeline_folder
+    checkpoint, out = Path(checkpoint), Path(out)
+    run_config = checkpoint.parent / "config.json"
+    options = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    base = base or options.get("pretrained_model_name_or_path")
+    config_path = config_path or options.get("config_path")
+    if not base or not config_path:
+        raise CheckpointError(f"{checkpoint}: no run config at {run_config}; pass --base MODEL and --config_path YAML")
+    model_folder = TrainConfig(pretrained_model_name_or_path=base, revision=options.get("revision")).model_folder
+    transformer = export(checkpoint, out.with_name(f".{out.name}.transformer"), dtype=dtype)
+    return write_pipeline_folder(out, transformer=transformer, base=model_folder,
+                                 spec=load_model_spec(config_path), take_transformer=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from easyanimate.logs import setup_logging
     parser = argparse.ArgumentParser(prog="easyanimate export", description=__doc__.split("\n\n")[0])
@@ -96,10 +129,18 @@ def main(argv: list[str] | None = None) -> int:
                              "EasyAnimate's own class (put the folder in as MODEL/transformer)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype written")
     parser.add_argument("--config", default=None, help="transformer config.json, for checkpoints without one")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="write a whole model folder: the base model with this transformer in it, other "
+                             "components linked (V5.1: a diffusers pipeline folder; V5: EasyAnimate's layout)")
+    parser.add_argument("--base", default=None, help="--pipeline: the base model (default: the run's)")
+    parser.add_argument("--config_path", default=None, help="--pipeline: the model YAML (default: the run's)")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        export(args.checkpoint, args.out, layout=args.layout, dtype=args.dtype, config=args.config)
+        if args.pipeline:
+            export_pipeline(args.checkpoint, args.out, base=args.base, config_path=args.config_path, dtype=args.dtype)
+        else:
+            export(args.checkpoint, args.out, layout=args.layout, dtype=args.dtype, config=args.config)
     except CheckpointError as error:
         logger.error("%s", error)
         return 2

@@ -187,10 +187,12 @@ def end_epoch_if_done(run: Run, cursor: Cursor) -> int | None:
 
 
 def save_final_models(run: Run, checkpoint: Path) -> None:
-    """output_dir/transformer (and transformer_ema): diffusers folders, loadable with from_pretrained."""
+    """output_dir/transformer (and transformer_ema): diffusers folders, loadable with from_pretrained; and
+    output_dir/pipeline: the base model with that transformer in it."""
     if distributed.is_main():
-        from easyanimate.training.export import export
+        from easyanimate.training.export import export, write_run_pipeline
         export(checkpoint, Path(run.cfg.output_dir) / "transformer")
+        write_run_pipeline(run.cfg, run.cfg.output_dir)
         if run.ema is not None:
             run.ema.save_pretrained(str(Path(run.cfg.output_dir) / "transformer_ema"))
     distributed.barrier()

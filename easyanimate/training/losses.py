@@ -1,8 +1,8 @@
 """Diffusion losses as pure tensor functions (no models, no RNG).
 
 Faithful to EasyAnimate's trainer: element-wise MSE in fp32 with elements whose error exceeds 50 zeroed (they
-still count in the mean's denominator), an optional per-sample weight, and the motion sub-loss on
-frame-to-frame differences.
+still count in the mean's denominator), an optional per-sample weight, and the motion sub-loss: a plain MSE of
+frame-to-frame differences (no outlier zeroing there, as in the original).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def motion_sub_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE between the frame-to-frame differences of prediction and target; latents are (B, C, T, H, W)."""
     pred_motion = pred.float()[:, :, 1:] - pred.float()[:, :, :-1]
     target_motion = target.float()[:, :, 1:] - target.float()[:, :, :-1]
-    return masked_mse(pred_motion, target_motion)
+    return (pred_motion - target_motion).pow(2).mean()
 
 
 def with_motion_sub_loss(loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -39,12 +39,15 @@ def with_motion_sub_loss(loss: torch.Tensor, pred: torch.Tensor, target: torch.T
     return (1.0 - ratio) * loss + ratio * motion_sub_loss(pred, target)
 
 
-def flow_noisy_and_target(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rectified flow: x_t = (1 - sigma) x0 + sigma * eps, velocity target eps - x0."""
+def flow_noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Rectified flow: x_t = (1 - sigma) x0 + sigma * eps, one sigma per sample."""
     sigma = sigmas.float().view(-1, *([1] * (latents.dim() - 1)))
-    noisy = (1.0 - sigma) * latents.float() + sigma * noise.float()
-    return noisy.to(latents.dtype), (noise.float() - latents.float())
+    return ((1.0 - sigma) * latents.float() + sigma * noise.float()).to(latents.dtype)
+
+
+def flow_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Rectified flow's velocity target eps - x0."""
+    return noise.float() - latents.float()
 
 
 def shared_frame_noise(noise: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from easyanimate.config import ConfigError, TrainConfig
+from easyanimate.models.original import select_by_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +20,24 @@ logger = logging.getLogger(__name__)
 Params = list[torch.nn.Parameter]
 
 
+def _matched(names: list[str], patterns: list[str], flag: str) -> set[str]:
+    """Names selected by ``patterns`` (EasyAnimate's parameter names first, see select_by_pattern), logged."""
+    chosen = set()
+    for pattern, (matched, space) in select_by_pattern(names, patterns).items():
+        logger.info("--%s %r: %d tensors (matched against %s)", flag, pattern, len(matched), space)
+        chosen.update(matched)
+    return chosen
+
+
 def select_trainable(model: torch.nn.Module, cfg: TrainConfig) -> tuple[Params, Params]:
-    """(full-lr params, half-lr params) by substring match on names; everything else is frozen."""
-    full, low = [], []
-    for name, param in model.named_parameters():
-        if any(key in name for key in cfg.trainable_modules):
-            full.append(param)
-        elif any(key in name for key in cfg.trainable_modules_low_learning_rate):
-            low.append(param)
+    """(full-lr params, half-lr params) by substring match on the original's names; everything else is frozen."""
+    params = dict(model.named_parameters())
+    full_names = _matched(list(params), cfg.trainable_modules, "trainable_modules")
+    low_names = _matched(list(params), cfg.trainable_modules_low_learning_rate,
+                         "trainable_modules_low_learning_rate") - full_names
+    full = [p for n, p in params.items() if n in full_names]
+    low = [p for n, p in params.items() if n in low_names]
+    for param in params.values():
         param.requires_grad_(False)
     for param in full + low:
         param.requires_grad_(True)
@@ -54,7 +65,8 @@ def build_optimizer(params: tuple[list, list], cfg: TrainConfig, lr: float) -> t
         optimizer_cls = bnb.optim.AdamW8bit
     elif cfg.use_came:
         from came_pytorch import CAME
-        return CAME(groups, lr=lr, weight_decay=cfg.adam_weight_decay, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+        # As the original: CAME with its own betas and eps and no weight decay (the --adam_* flags are AdamW's).
+        return CAME(groups, lr=lr, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
     else:
         optimizer_cls = torch.optim.AdamW
     return optimizer_cls(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
@@ -76,7 +88,8 @@ def clip_threshold(step: int, max_grad_norm: float, decay_steps: int, initial_ra
 
 
 def spike_clip(norm: float, threshold: float, step: int, decay_steps: int) -> float:
-    """After the decay, a norm above 5x the threshold is clipped hard to threshold / min(norm / threshold, 10)."""
-    if step >= decay_steps and norm > 5 * threshold:
+    """After the decay (from the step after ``decay_steps``, as the original), a norm above 5x the threshold is
+    clipped hard to threshold / min(norm / threshold, 10)."""
+    if step > decay_steps and norm > 5 * threshold:
         return threshold / min(norm / threshold, 10.0)
     return threshold

@@ -8,16 +8,11 @@ except its first latent frame (the reference image's latent), so a model trained
 from __future__ import annotations
 
 import torch
-from diffusers import DDPMScheduler
 
-from easyanimate.config import ConfigError, TrainConfig
+from easyanimate.config import TrainConfig
 from easyanimate.data.transforms import to_unit_range
-from easyanimate.training import losses, timesteps
-
-# The sigma loss (V1-V3) always used a 1000-step linear-beta schedule, whatever the model folder ships.
-SIGMA_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
-                      prediction_type="epsilon")
-SNR_X0_LAST_T = 249
+from easyanimate.training import losses
+from easyanimate.training.loss_types import LossType
 
 
 def encode_pixels(vae, pixels: torch.Tensor, mini_batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,25 +37,16 @@ def drop_per_sample(latents: torch.Tensor, ratio: float, generator: torch.Genera
 
 
 class ControlObjective:
-    """Builds the transformer input and computes the loss for one batch. One instance per run."""
+    """Builds the transformer input and computes the loss for one batch. One instance per run; the noising comes
+    from the ``--loss_type`` table entry chosen when the run is built."""
 
-    def __init__(self, cfg: TrainConfig, components, *, uses_ref: bool, rank: int, world_size: int):
+    def __init__(self, cfg: TrainConfig, components, loss_type: LossType, *, uses_ref: bool, rank: int,
+                 world_size: int):
         self.cfg = cfg
         self.vae = components.vae
         self.text_encoder = components.text_encoder
         self.uses_ref = uses_ref
-        self.stratum = timesteps.strata(rank, world_size, cfg.train_sampling_steps) if cfg.uniform_sampling \
-            else (0, 1)
-        scheduler = components.noise_scheduler
-        if cfg.loss_type == "flow":
-            # Copies: the scheduler's tables change when a pipeline calls set_timesteps on it.
-            self.flow_timesteps = scheduler.timesteps.clone().float()
-            self.flow_sigmas = scheduler.sigmas.clone().float()[: len(self.flow_timesteps)]
-        else:
-            self.ddpm = scheduler if cfg.loss_type == "ddpm" else DDPMScheduler(**SIGMA_SCHEDULE)
-            if self.ddpm.config.prediction_type not in ("epsilon", "v_prediction"):
-                raise ConfigError(f"scheduler prediction_type {self.ddpm.config.prediction_type!r} in "
-                                  f"{cfg.pretrained_model_name_or_path}/scheduler is not epsilon or v_prediction.")
+        self.noising = loss_type.noising(cfg, components.noise_scheduler, rank=rank, world_size=world_size)
 
     def conditioning(self, batch: dict, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
@@ -69,9 +55,9 @@ class ControlObjective:
         if not self.uses_ref:
             return control
         ref = torch.zeros_like(latents)
-        # Deviation: an image sample gets no reference (the original fed the image as its own reference, a leak
-        # the pipeline never reproduces at inference).
-        if batch["data_type"] == "video":
+        # As the pipeline: a reference only when the sample has more than one latent frame. Deviation: an image
+        # (one frame) gets none (the original fed the image as its own reference, a leak inference never has).
+        if latents.shape[2] > 1:
             ref_latent = encode_pixels(self.vae, batch["ref_pixel_values"], cfg.vae_mini_batch, generator)
             ref[:, :, :1] = ref_latent.to(ref.dtype)
             ref = drop_per_sample(ref, cfg.ref_drop_ratio, generator)
@@ -85,45 +71,24 @@ class ControlObjective:
 
     def __call__(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """This batch's loss (a scalar tensor with its graph)."""
-        cfg = self.cfg
+        cfg, noising = self.cfg, self.noising
         latents = encode_pixels(self.vae, batch["pixel_values"], cfg.vae_mini_batch, generator)
         control_latents = self.conditioning(batch, latents, generator)
         with torch.no_grad():
             text = self.text_encoder.encode(batch["text"], device=latents.device)
         noise = self.noise_like(latents, generator)
-        bsz = latents.shape[0]
-        weight = None
-        if cfg.loss_type == "flow":
-            u = timesteps.sample_flow_u(bsz, generator, weighting_scheme=cfg.weighting_scheme,
-                                        logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
-                                        mode_scale=cfg.mode_scale, stratum=self.stratum)
-            index = (u * len(self.flow_timesteps)).long()
-            t = self.flow_timesteps[index]
-            sigmas = self.flow_sigmas[index]
-            noisy, target = losses.flow_noisy_and_target(latents, noise, sigmas.to(latents.device))
-            weight = timesteps.flow_loss_weight(cfg.weighting_scheme, sigmas).to(latents.device)
-        else:
-            index = timesteps.sample_indices(bsz, cfg.train_sampling_steps, generator, stratum=self.stratum)
-            t = index * (self.ddpm.config.num_train_timesteps // cfg.train_sampling_steps)
-            noisy = self.ddpm.add_noise(latents.float(), noise.float(), t).to(latents.dtype)
-            target = noise.float() if self.ddpm.config.prediction_type == "epsilon" \
-                else self.ddpm.get_velocity(latents.float(), noise.float(), t)
-            if cfg.loss_type == "sigma" and cfg.snr_loss:
-                target = torch.where((t <= SNR_X0_LAST_T).view(-1, 1, 1, 1, 1), latents.float(), target)
+        draw = noising.draw(latents.shape[0], generator)
+        noisy = noising.noisy(latents, noise, draw)
+        target = noising.target(latents, noise, draw)
+        weight = noising.weight(draw)
         # Deviation: the timestep goes in as fp32 (the original cast it to bf16, which rounds t > 256).
-        pred = model(noisy, t.to(latents.device, torch.float32),
+        pred = model(noisy, draw.t.to(latents.device, torch.float32),
                      encoder_hidden_states=text.encoder_hidden_states,
                      encoder_hidden_states_t5=text.encoder_hidden_states_t5,
                      control_latents=control_latents, return_dict=False)[0]
         pred = pred[:, : latents.shape[1]]  # models with a learned-variance head: mean channels only
-        if cfg.loss_type == "sigma" and cfg.snr_loss:
-            pred = self._x0_from_eps_where_small_t(pred, noisy, t)
-        loss = losses.masked_mse(pred, target, weight)
+        pred = noising.prediction(pred, noisy, draw)
+        loss = losses.masked_mse(pred, target, None if weight is None else weight.to(latents.device))
         if cfg.motion_sub_loss:
             loss = losses.with_motion_sub_loss(loss, pred, target, cfg.motion_sub_loss_ratio)
         return loss
-
-    def _x0_from_eps_where_small_t(self, eps: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alphas = self.ddpm.alphas_cumprod.to(eps.device)[t].float().view(-1, 1, 1, 1, 1)
-        x0 = (noisy.float() - (1 - alphas).sqrt() * eps.float()) / alphas.sqrt()
-        return torch.where((t <= SNR_X0_LAST_T).view(-1, 1, 1, 1, 1).to(eps.device), x0, eps.float())

@@ -14,9 +14,23 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 
 
 def strata(rank: int, world_size: int, num_steps: int) -> tuple[int, int]:
-    """(index, count) of this rank's timestep interval: count = gcd(world size, steps), as the original groups."""
+    """(index, count) of this rank's timestep interval, as the original groups ranks: count = gcd(world size,
+    steps) groups of consecutive ranks."""
     count = math.gcd(world_size, num_steps)
-    return rank % count, count
+    return rank // (world_size // count), count
+
+
+def respaced(schedule_length: int, steps: int) -> torch.Tensor:
+    """The ``steps`` timesteps of a ``schedule_length``-step schedule that a respaced schedule keeps (IDDPM's
+    single-section spacing: evenly strided from 0 to the last step, each rounded to the nearest integer)."""
+    if not 1 <= steps <= schedule_length:
+        raise ValueError(f"cannot respace {schedule_length} steps into {steps}")
+    stride = 1.0 if steps == 1 else (schedule_length - 1) / (steps - 1)
+    kept, position = [], 0.0
+    for _ in range(steps):
+        kept.append(round(position))
+        position += stride  # accumulated, not multiplied: the same rounding as the original
+    return torch.tensor(kept)
 
 
 def sample_indices(batch_size: int, num_steps: int, generator: torch.Generator, *, stratum: tuple[int, int] = (0, 1)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from easyanimate import distributed
 from easyanimate.config import TrainConfig
@@ -33,8 +32,9 @@ def read_control_video(path: str, frames: int, size: int) -> torch.Tensor:
 
 
 class Validator:
-    def __init__(self, cfg: TrainConfig, components):
+    def __init__(self, cfg: TrainConfig, components, scheduler_cls: type):
         self.cfg, self.components = cfg, components
+        self.scheduler_cls = scheduler_cls  # from the --loss_type table
         self.enabled = bool(cfg.validation_prompts)
         if self.enabled and len(components.text_encoder.encoders) != 1:
             logger.warning("validation skipped: diffusers' control pipeline takes one text encoder, this model "
@@ -58,11 +58,10 @@ class Validator:
         import imageio.v3 as iio
 
         cfg, parts = self.cfg, self.components
-        scheduler_cls = type(parts.noise_scheduler) if cfg.loss_type == "flow" else DDIMScheduler
         encoder = parts.text_encoder.encoders[0]
         pipe = MendedEasyAnimateControlPipeline(
             vae=parts.vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, transformer=model,
-            scheduler=scheduler_cls.from_config(parts.noise_scheduler.config))
+            scheduler=self.scheduler_cls.from_config(parts.noise_scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         out = Path(cfg.output_dir) / "sample"
         out.mkdir(parents=True, exist_ok=True)

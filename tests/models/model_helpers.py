@@ -7,6 +7,8 @@ from pathlib import Path
 from easyanimate.config import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
+# Tiny models saved, and outputs computed, by EasyAnimate's own classes (tests/fixtures/README.md).
+FIXTURES = REPO / "tests" / "fixtures" / "easyanimate_original_layout"
 YAML = {"v5.1": REPO / "configs" / "easyanimate_video_v5.1_magvit_qwen.yaml",
         "v5": REPO / "configs" / "easyanimate_video_v5_magvit_multi_text_encoder.yaml"}
 LOSS = {"v5.1": "flow", "v5": "ddpm"}

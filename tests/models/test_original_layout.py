@@ -1,6 +1,6 @@
 """EasyAnimate's original layout loads into diffusers' classes and reproduces EasyAnimate's own outputs.
 
-Ground truth: ../shared/fixtures/easyanimate_original_layout (tiny models saved, and outputs computed, by
+Ground truth: tests/fixtures/easyanimate_original_layout (tiny models saved, and outputs computed, by
 EasyAnimate's own classes). Measured on this machine: running EasyAnimate's own classes here gives outputs
 bitwise equal to ours; the stored outputs differ from both by float32 noise of the machine that recorded them
 (transformer 3.6e-7 / 4.8e-7, VAE latent 8.6e-7, decoded 5.1e-6), so the VAE is checked bitwise against
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +24,8 @@ from easyanimate.models.original import TRANSFORMER_RENAMES, save_transformer_or
     to_original_layout
 from easyanimate.models.pipeline import MendedEasyAnimateControlPipeline
 
-from model_helpers import YAML, copy_model, train_config
+from model_helpers import FIXTURES, YAML, copy_model, train_config
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "easyanimate_original_layout"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")
 
 
 def _forward(transformer, ref):
@@ -39,7 +36,6 @@ def _forward(transformer, ref):
                            control_latents=ref["control_latents"]).sample
 
 
-@needs_fixtures
 @pytest.mark.parametrize("version", ["v5.1", "v5"])
 def test_original_transformer_reproduces_easyanimates_output(version):
     transformer = load_transformer(FIXTURES / version, load_model_spec(YAML[version]), layout="original").eval()
@@ -48,7 +44,6 @@ def test_original_transformer_reproduces_easyanimates_output(version):
     assert diff < 1e-6, diff
 
 
-@needs_fixtures
 def test_plain_diffusers_loading_of_the_original_layout_is_silently_wrong():
     """The trap our loader exists for: diffusers only warns, leaves the text attention uninitialised."""
     transformer, info = EasyAnimateTransformer3DModel.from_pretrained(
@@ -58,7 +53,6 @@ def test_plain_diffusers_loading_of_the_original_layout_is_silently_wrong():
     assert not torch.allclose(_forward(transformer, ref), ref["expected_output"], atol=1e-2)  # random or NaN
 
 
-@needs_fixtures
 def test_original_vae_matches_diffusers_bitwise_and_easyanimates_recording():
     vae = load_vae(FIXTURES / "v5.1", load_model_spec(YAML["v5.1"]), layout="original")
     plain = AutoencoderKLMagvit.from_pretrained(FIXTURES / "v5.1" / "vae").eval()  # identical keys for the VAE

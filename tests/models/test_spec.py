@@ -30,13 +30,29 @@ def test_unknown_yaml_section_is_an_error_naming_it(tmp_path):
         load_model_spec(path)
 
 
-def test_layout_detection_needs_transformer_and_vae(tmp_path):
+def test_layout_detection_needs_transformer_vae_and_weights(tmp_path):
     (tmp_path / "transformer").mkdir()
     (tmp_path / "transformer" / "config.json").write_text("{}")
     with pytest.raises(ModelFolderError, match="vae/config.json"):
         detect_layout(tmp_path)
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text("{}")
-    assert detect_layout(tmp_path) == "original"
-    (tmp_path / "model_index.json").write_text("{}")
-    assert detect_layout(tmp_path) == "diffusers"
+    with pytest.raises(ModelFolderError, match="holds no weights"):
+        detect_layout(tmp_path)
+
+
+@pytest.mark.parametrize("names,with_index,layout", [
+    (["transformer_blocks.0.attn2.to_q.weight"], True, "original"),  # a Hub copy of the original may carry one
+    (["transformer_blocks.0.attn1.add_q_proj.weight"], False, "diffusers"),
+    (["proj_out.weight"], True, "diffusers"),  # names say nothing: model_index.json decides
+    (["proj_out.weight"], False, "original")])
+def test_layout_is_read_from_the_transformers_tensor_names(tmp_path, names, with_index, layout):
+    import torch
+    from safetensors.torch import save_file
+    for sub in ("transformer", "vae"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text("{}")
+    save_file({n: torch.zeros(1) for n in names}, tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    if with_index:
+        (tmp_path / "model_index.json").write_text("{}")
+    assert detect_layout(tmp_path) == layout

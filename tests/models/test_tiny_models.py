@@ -10,13 +10,14 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from easyanimate.models import detect_layout, load_components, load_model_spec
 from easyanimate.models.tiny import main as make_tiny_main
+from easyanimate.training.loss_types import LOSS_TYPES
 
-from model_helpers import YAML, train_config
+from model_helpers import LOSS, YAML, train_config
 
 
 def _components(folder, version):
     return load_components(train_config(folder, version), load_model_spec(YAML[version]), device="cpu",
-                           weight_dtype=torch.float32)
+                           weight_dtype=torch.float32, scheduler=LOSS_TYPES[LOSS[version]].scheduler)
 
 
 def test_v51_folder_loads_and_the_transformer_takes_noisy_control_and_ref(tiny_model_v51):

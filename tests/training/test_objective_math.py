@@ -25,6 +25,12 @@ def test_motion_sub_loss_sees_only_temporal_differences():
     assert losses.motion_sub_loss(moving, target).item() > 0
 
 
+def test_motion_sub_loss_keeps_large_errors_as_the_original():
+    pred, target = torch.zeros(1, 1, 2, 1, 1), torch.zeros(1, 1, 2, 1, 1)
+    pred[:, :, 1] = 100.0  # a frame difference of 100: the main loss zeroes such errors, the motion loss does not
+    assert losses.motion_sub_loss(pred, target).item() == 100.0 ** 2
+
+
 def test_motion_sub_loss_only_mixes_in_with_more_than_two_latent_frames():
     loss = torch.tensor(1.0)
     two = torch.randn(1, 1, 2, 2, 2)
@@ -36,7 +42,7 @@ def test_motion_sub_loss_only_mixes_in_with_more_than_two_latent_frames():
 
 def test_flow_interpolates_and_targets_velocity():
     x0, eps = torch.full((2, 1, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1, 1), -1.0)
-    noisy, target = losses.flow_noisy_and_target(x0, eps, torch.tensor([0.0, 1.0]))
+    noisy, target = losses.flow_noisy(x0, eps, torch.tensor([0.0, 1.0])), losses.flow_target(x0, eps)
     assert noisy.flatten().tolist() == [2.0, -1.0]
     assert target.flatten().tolist() == [-3.0, -3.0]
 
@@ -62,6 +68,8 @@ def test_strata_split_the_timestep_range_across_ranks():
 def test_strata_count_divides_both_world_size_and_steps():
     assert timesteps.strata(5, 6, 1000) == (1, 2)  # gcd(6, 1000) = 2
     assert timesteps.strata(0, 3, 1000) == (0, 1)
+    # Groups of consecutive ranks, as the original's DiscreteSampling: ranks 0-2 low half, 3-5 high half.
+    assert [timesteps.strata(r, 6, 1000)[0] for r in range(6)] == [0, 0, 0, 1, 1, 1]
 
 
 def test_flow_u_is_stratified_per_rank_and_differs_between_ranks():
@@ -88,3 +96,19 @@ def test_spike_clip_shrinks_only_abnormal_norms_after_the_decay():
     assert optim.spike_clip(0.2, 0.05, 2000, 1000) == 0.05
     assert math.isclose(optim.spike_clip(0.5, 0.05, 2000, 1000), 0.005)
     assert optim.spike_clip(0.5, 0.05, 10, 1000) == 0.05
+    # The original starts after abnormal_norm_clip_start (global_step > start), not at it.
+    assert optim.spike_clip(0.5, 0.05, 1000, 1000) == 0.05
+    assert math.isclose(optim.spike_clip(0.5, 0.05, 1001, 1000), 0.005)
+
+
+def test_came_gets_no_weight_decay_as_in_the_original(monkeypatch):
+    import sys
+    import types
+    from easyanimate.config import parse_args
+    seen = {}
+    fake = types.ModuleType("came_pytorch")
+    fake.CAME = lambda groups, **kwargs: seen.update(kwargs)
+    monkeypatch.setitem(sys.modules, "came_pytorch", fake)
+    optim.build_optimizer(([torch.nn.Parameter(torch.zeros(1))], []), parse_args(["--use_came",
+                          "--adam_weight_decay=0.05"]), 1e-4)
+    assert "weight_decay" not in seen and seen["betas"] == (0.9, 0.999, 0.9999)

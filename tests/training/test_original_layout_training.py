@@ -1,4 +1,5 @@
-"""The seed's commands on a model folder in EasyAnimate's own layout; the result exports both ways and loads back."""
+"""The seed's commands on a model folder in EasyAnimate's own layout; the result exports both ways and loads back,
+and the run hands on output_dir/pipeline (the base model with the trained transformer in it)."""
 
 import json
 import shutil
@@ -9,11 +10,11 @@ from diffusers import EasyAnimateTransformer3DModel
 
 from easyanimate.models import load_model_spec
 from easyanimate.models.loading import load_transformer
-from easyanimate.training.export import export
-from seed_commands import SEED
+from easyanimate.models.pipeline import MendedEasyAnimateControlPipeline
+from easyanimate.training.export import export, export_pipeline
 from trainer_runs import CONFIGS, launch, metrics, seed_command
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not SEED.exists(), reason="seed document missing")]
+pytestmark = pytest.mark.integration
 
 CASES = [("EasyAnimateV5.1 without deepspeed", "tiny_model_v51_original",
           "easyanimate_video_v5.1_magvit_qwen.yaml"),
@@ -48,3 +49,12 @@ def test_original_layout_folder_trains_and_exports_both_ways(title, model_fixtur
     assert all(torch.equal(trained_state[k], reloaded_state[k]) for k in trained_state)
     initial = load_transformer(model, load_model_spec(CONFIGS / yaml))
     assert not torch.equal(initial.proj_out.weight, trained.proj_out.weight)
+
+    # The run's end product, and the same folder exported from the checkpoint: one load each, base parts linked.
+    for pipeline in (output / "pipeline", export_pipeline(checkpoint, tmp_path / "exported-pipeline")):
+        if "V5.1" in title:
+            handed_on = MendedEasyAnimateControlPipeline.from_pretrained(pipeline).transformer
+        else:  # two text encoders: EasyAnimate's layout (see README, Models)
+            handed_on = load_transformer(pipeline, load_model_spec(CONFIGS / yaml))
+        assert torch.equal(handed_on.proj_out.weight, trained.proj_out.weight)
+        assert (pipeline / "vae" / "diffusion_pytorch_model.safetensors").is_symlink()
