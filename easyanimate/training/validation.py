@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,12 +49,14 @@ class Validator:
         by_epoch = epoch_finished is not None and epoch_finished % self.cfg.validation_epochs == 0
         return step % self.cfg.validation_steps == 0 or by_epoch
 
-    def run(self, model: torch.nn.Module, step: int) -> None:
+    def run(self, model: torch.nn.Module, step: int, interrupted: Callable[[], bool] = lambda: False) -> None:
+        """Rank 0 writes the videos while the others wait; ``interrupted`` (a preemption signal) is checked
+        before each prompt, so a signal cuts validation short and the save follows at once."""
         if distributed.is_main():
-            self._generate(model, step)
+            self._generate(model, step, interrupted)
         distributed.barrier()
 
-    def _generate(self, model: torch.nn.Module, step: int) -> None:
+    def _generate(self, model: torch.nn.Module, step: int, interrupted: Callable[[], bool]) -> None:
         from easyanimate.models.pipeline import MendedEasyAnimateControlPipeline
         import imageio.v3 as iio
 
@@ -70,6 +73,10 @@ class Validator:
         model.eval()
         paths = cfg.validation_paths or [None] * len(cfg.validation_prompts)
         for index, (prompt, path) in enumerate(zip(cfg.validation_prompts, paths)):
+            if interrupted():
+                logger.warning("validation at step %d stopped after %d of %d videos: preemption signal", step,
+                               index, len(paths))
+                break
             control = read_control_video(path, cfg.video_sample_n_frames, cfg.video_sample_size) if path else None
             frames = control.shape[2] if control is not None else cfg.video_sample_n_frames
             with torch.no_grad():
