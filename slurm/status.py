@@ -68,7 +68,7 @@ def status(job_dir: Path) -> dict:
         rows.append(row)
     output = Path(spec.output_dir)
     local = {j["job_id"] for j in submitted(job_dir) if j.get("local")}
-    return {
+    return {"training": training_progress(job_dir, output, spec.name), **{
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
         "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
                  for job_id in job_ids(job_dir)},
@@ -77,7 +77,17 @@ def status(job_dir: Path) -> dict:
         "markers": {name: attempts.read_json(output / name)
                     for name in (attempts.REQUEUE_MARKER, attempts.COMPLETE_MARKER)},
         "logs": [str(p) for p in log_paths(job_dir)],
-    }
+    }}
+
+
+def training_progress(job_dir: Path, output: Path, name: str) -> dict:
+    """The last logged step, loss, speed and ETA, and the curves drawn into JOB_DIR/curves.png."""
+    try:
+        from easyanimate import curves
+    except ImportError as error:  # a login node without the package's dependencies
+        return {"summary": f"curves unavailable: {error}", "png": None}
+    line, png = curves.report(output, job_dir / curves.PNG_NAME, name)
+    return {"summary": line, "png": str(png) if png else None}
 
 
 def _clock(t: Optional[float]) -> str:
@@ -102,6 +112,9 @@ def format_status(s: dict) -> str:
     done = s["markers"].get(attempts.COMPLETE_MARKER)
     if done:
         lines.append(f"  training complete at step {done.get('step')}")
+    lines.append(f"  training: {s['training']['summary']}")
+    if s["training"]["png"]:
+        lines.append(f"  curves: {s['training']['png']}")
     lines.append(f"  logs: {Path(s['job_dir']) / 'logs'} ({len(s['logs'])} files; `submit.py logs` lists them)")
     return "\n".join(lines) + "\n"
 

@@ -154,6 +154,7 @@ class Progress:
         self.loss = Smoother()
         self.window = RateWindow()
         self.schedule = LogSchedule(start_step, total, every_s)
+        self.logged_one = False
         self._reset()
         use_bar = sys.stderr.isatty() if bar is None else bar
         self.bar = _tqdm_bar(start_step, total) if self.main and use_bar else None
@@ -191,6 +192,9 @@ class Progress:
                                    self.tokens * self.world_size))
         self._reset()
         fields = dict(values)
+        if not self.logged_one:
+            fields["attempt_start"] = 1  # where this attempt begins in metrics.jsonl (curves.py marks it)
+            self.logged_one = True
         if "loss" in values:
             fields["loss_smoothed"] = self.loss.update(values["loss"])
         fields |= self.window.rates()

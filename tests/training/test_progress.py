@@ -91,3 +91,4 @@ def test_progress_times_data_wait_and_steps_and_logs_lines(caplog):
     assert fields["eta_s"] == 0 and fields["loss_smoothed"] == pytest.approx(0.29 / 0.19)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert "attempt_start" not in fields  # only on the first step of the attempt
