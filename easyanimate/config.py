@@ -181,6 +181,10 @@ class TrainConfig:
                               "exact resume).", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
+    validation_ref_paths: Optional[list[str]] = opt(
+        None, "Reference images (or videos: the frame where the control clip starts) paired with "
+        "validation_paths, for --train_mode control_ref. Default: that frame of the training video whose control "
+        "video the validation path is.", X, nargs="+")
     log_every_s: float = opt(30.0, "Rank 0 logs a `step N/TOTAL` progress line at least this often (seconds) "
                              "when the output is not a terminal (a terminal gets a tqdm bar).", X)
 
@@ -292,6 +296,9 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.validation_paths is not None:
         _require(cfg.validation_prompts is not None and len(cfg.validation_prompts) == len(cfg.validation_paths),
                  "validation_paths", "needs one --validation_prompts entry per control video.")
+    if cfg.validation_ref_paths is not None:
+        _require(cfg.validation_paths is not None and len(cfg.validation_ref_paths) == len(cfg.validation_paths),
+                 "validation_ref_paths", "needs one --validation_paths control video per reference image.")
     if cfg.use_8bit_adam:
         _require(_importable("bitsandbytes"), "use_8bit_adam", "needs bitsandbytes: pip install bitsandbytes.")
     if cfg.use_came:
@@ -328,7 +335,7 @@ RESUME_NEUTRAL = {
     "checkpoints_total_limit", "dataloader_num_workers", "validation_prompts", "validation_paths",
     "validation_steps", "validation_epochs", "report_to", "report_model_info", "local_rank", "output_dir",
     "logging_dir", "sample_ledger", "save_on_signal", "low_vram", "tracker_project_name",
-    "log_every_s",
+    "log_every_s", "validation_ref_paths",
 }
 
 

@@ -164,8 +164,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
             # Never validate between a signal and its save; a signal during validation ends it early.
             stop = cfg.save_on_signal and preemption.stop_requested()
             if not stop and run.validator.due(cursor.global_step, finished_epoch):
-                run.validator.run(run.accelerator.unwrap_model(run.model), cursor.global_step,
-                                  interrupted=lambda: preemption.received is not None)
+                run.validator.run(run, cursor.global_step, interrupted=lambda: preemption.received is not None)
                 stop = cfg.save_on_signal and preemption.stop_requested()
             if stop or cursor.global_step % cfg.checkpointing_steps == 0 or cursor.global_step == run.max_train_steps:
                 last_path, last_saved = save(run, cursor), cursor.global_step
