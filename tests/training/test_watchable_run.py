@@ -79,3 +79,48 @@ def test_v5_validation_runs_both_text_encoders_and_shows_control_and_generated(t
     run(tiny_model_v5, demo_data, tmp_path / "out", V5)
     video, _ = frames(tmp_path / "out" / "sample" / f"step-{STEPS}-0.mp4")
     assert video.shape == (9, 32, 2 * 32, 3)  # control | generated (a control model has no reference slot)
+
+
+SIGNALLED_RUN = """
+import sys
+from easyanimate.config import parse_args
+from easyanimate.training import loop, signals
+from easyanimate.training.build import build_run
+
+run = build_run(parse_args(sys.argv[1:]))
+preemption = signals.PreemptionHandler()
+preemption.received = "SIGUSR1"  # as if the signal came during the first step
+sys.exit(loop.train(run, preemption))
+"""
+
+
+def test_a_signal_before_a_due_validation_skips_it_and_saves_at_once(tiny_model_v51, demo_data, tmp_path):
+    import subprocess
+    import sys
+    from test_training_behaviour import CONFIGS, REPO
+    from trainer_runs import train_env
+
+    output = tmp_path / "out"
+    flags = [f"--pretrained_model_name_or_path={tiny_model_v51}", f"--train_data_dir={demo_data}",
+             f"--train_data_meta={demo_data / 'metadata_control.json'}", f"--config_path={CONFIGS / V51[2]}",
+             "--image_sample_size=32", "--video_sample_size=32", "--token_sample_size=32", "--video_sample_n_frames=9",
+             "--train_batch_size=1", "--video_repeat=1", "--seed=42", f"--output_dir={output}", "--enable_bucket",
+             "--loss_type=flow", "--train_mode=control_ref", "--max_train_steps=4", "--validation_steps=1",
+             "--validation_prompts", "a ball", "--validation_paths", str(control_video(demo_data)), "--report_to=none"]
+    done = subprocess.run([sys.executable, "-c", SIGNALLED_RUN, *flags], capture_output=True, text=True,
+                          env=train_env(), cwd=REPO, timeout=600)
+    assert done.returncode == 75, done.stderr[-3000:]  # the requeue code
+    assert json.loads((output / "requeue.json").read_text())["step"] == 1
+    assert not list(output.glob("sample/*.mp4")), "validated between the signal and its save"
+
+
+def test_validation_stops_before_the_next_prompt_once_a_signal_came(tmp_path, caplog):
+    from types import SimpleNamespace
+    from easyanimate.config import TrainConfig
+    from easyanimate.training.validation import Validator
+
+    cfg = TrainConfig(output_dir=str(tmp_path), validation_prompts=["a", "b"], seed=1)
+    model = SimpleNamespace(training=True, eval=lambda: None, train=lambda mode: None)
+    run = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m, trackers=[]))
+    Validator(cfg, components=SimpleNamespace(noise_scheduler=None)).run(run, 10, interrupted=lambda: True)
+    assert "stopped after 0 of 2 videos" in caplog.text and not list(tmp_path.glob("sample/*.mp4"))
