@@ -85,7 +85,7 @@ def summary_line(curves: Curves, logged_at: float | None = None) -> str:
         parts.append(f"loss {last['loss']:.4g}" + (f" (smoothed {smoothed:.4g})" if smoothed is not None else ""))
     if "s_per_step" in last:
         parts.append(f"{last['s_per_step']:.3g} s/step, {last['samples_per_s']:.3g} samples/s")
-    if "eta_s" in last:
+    if last.get("eta_s"):  # 0 at the last step
         from_time = f" from {time.strftime('%H:%M:%S', time.localtime(logged_at))}" if logged_at else ""
         parts.append(f"ETA {_duration(last['eta_s'])}{from_time}")
     return ", ".join(parts)

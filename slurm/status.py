@@ -68,7 +68,7 @@ def status(job_dir: Path) -> dict:
         rows.append(row)
     output = Path(spec.output_dir)
     local = {j["job_id"] for j in submitted(job_dir) if j.get("local")}
-    return {"training": training_progress(job_dir, output, spec.name), **{
+    return {
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
         "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
                  for job_id in job_ids(job_dir)},
@@ -77,7 +77,8 @@ def status(job_dir: Path) -> dict:
         "markers": {name: attempts.read_json(output / name)
                     for name in (attempts.REQUEUE_MARKER, attempts.COMPLETE_MARKER)},
         "logs": [str(p) for p in log_paths(job_dir)],
-    }}
+        "training": training_progress(job_dir, output, spec.name),
+    }
 
 
 def training_progress(job_dir: Path, output: Path, name: str) -> dict:
