@@ -18,7 +18,7 @@ from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 PNG_NAME = "curves.png"
-SMOOTHING = 0.9  # the trainer's (easyanimate.training.progress.LOSS_SMOOTHING), for records written without it
+SMOOTHING = 0.9  # as the trainer's log (easyanimate.training.progress.LOSS_SMOOTHING)
 
 
 @dataclass
@@ -57,8 +57,8 @@ def build_curves(records: list[dict]) -> Curves:
     starts = sorted(set(s for s in starts if s in by_step))
     names = ("loss", "loss_smoothed", "lr", "samples_per_s", "s_per_step", "grad_norm")
     series = {name: [by_step[s].get(name) for s in steps] for name in names}
-    if steps and all(v is None for v in series["loss_smoothed"]):
-        series["loss_smoothed"] = _smooth(series["loss"])
+    # Smoothed again over the whole timeline: each attempt's log restarts its own average.
+    series["loss_smoothed"] = _smooth(series["loss"])
     return Curves(steps, series, starts, by_step[steps[-1]] if steps else {})
 
 

@@ -9,6 +9,7 @@ attempt boundary in the curves PNG). The cluster is started in DEMO/cluster and 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -83,6 +84,7 @@ def run_on_cluster(demo: Path, flags: list[str]) -> int:
     cluster = Cluster(demo / "cluster")
     print(f"starting the 4-node test cluster in {cluster.base} ...", flush=True)
     cluster.start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)  # status() below asks scontrol in this process
     try:
         env = cluster.env
         job_dir = (demo / "cluster-run").resolve()
