@@ -8,7 +8,6 @@ attempt boundary in the curves PNG). The cluster is started in DEMO/cluster and 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -48,33 +47,9 @@ def _run(argv: list[str], env: dict, timeout: float = 120) -> str:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def _wait(condition, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"demo: timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _logged_step(output: Path) -> int:
-    path = output / "logs" / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    try:
-        return json.loads(lines[-1])["step"] if lines else 0
-    except json.JSONDecodeError:  # a line being written
-        return 0
-
-
-def _job_state(job_id: str, env: dict) -> str:
-    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
-    match = re.search(r"JobState=(\S+)", out)
-    return match.group(1) if match else ""
-
-
 def run_on_cluster(demo: Path, flags: list[str]) -> int:
     from tests.slurm.cluster import Cluster, available
+    from tests.slurm.slurm_jobs import trained_step, wait_finished, wait_for
 
     reason = available()
     if reason:
@@ -97,20 +72,19 @@ def run_on_cluster(demo: Path, flags: list[str]) -> int:
         print(out, end="")
         job_id = re.search(r"submitted job (\d+)", out).group(1)
         output = Path(specs.read(job_dir / "job.json").output_dir)
-        step = _wait(lambda: _logged_step(output) >= PREEMPT_AFTER_STEP and _logged_step(output), 600,
-                     f"the demo to reach step {PREEMPT_AFTER_STEP}")
+        step = wait_for(lambda: trained_step(output) >= PREEMPT_AFTER_STEP and trained_step(output), 600,
+                        f"the demo to reach step {PREEMPT_AFTER_STEP}", every=1)
         print(f"training at step {step}: preempting it with a higher-priority job\n$ {' '.join(PREEMPTOR)}",
               flush=True)
         _run(PREEMPTOR, env)
-        _wait(lambda: _job_state(job_id, env) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"),
-              900, f"job {job_id} to finish", every=2)
-        print(f"job {job_id}: {_job_state(job_id, env)}\n$ python slurm/submit.py status {job_dir}", flush=True)
+        state = wait_finished(job_id, 900)
+        print(f"job {job_id}: {state}\n$ python slurm/submit.py status {job_dir}", flush=True)
         print(status.format_status(status.status(job_dir)), end="")
         print(where_to_look(job_dir))
         kinds = [(attempts.read_json(p / "attempt.json") or {}).get("outcome", {}).get("kind")
                  for p in attempts.attempt_dirs(job_dir)]
         print(f"attempts: {', '.join(str(k) for k in kinds)}; the demo took {time.monotonic() - started:.0f} s")
-        return 0 if _job_state(job_id, env) == "COMPLETED" else 1
+        return 0 if state == "COMPLETED" else 1
     finally:
         print(f"stopping the test cluster in {cluster.base}", flush=True)
         cluster.stop()
