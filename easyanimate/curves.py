@@ -75,7 +75,7 @@ def _smooth(values: list[float | None]) -> list[float | None]:
 
 
 def summary_line(curves: Curves, logged_at: float | None = None) -> str:
-    """``last logged step 120: loss 0.41 (smoothed 0.43), 1.9 s/step, 4.2 samples/s, ETA 0:31:00 (at 12:00:01)``"""
+    """``last logged step 120, loss 0.41 (smoothed 0.43), 1.9 s/step, 4.2 samples/s, ETA 0:31:00 as of 12:00:01``"""
     last = curves.last
     if not last:
         return "no training step logged yet"
@@ -86,7 +86,7 @@ def summary_line(curves: Curves, logged_at: float | None = None) -> str:
     if "s_per_step" in last:
         parts.append(f"{last['s_per_step']:.3g} s/step, {last['samples_per_s']:.3g} samples/s")
     if last.get("eta_s"):  # 0 at the last step
-        from_time = f" from {time.strftime('%H:%M:%S', time.localtime(logged_at))}" if logged_at else ""
+        from_time = f" as of {time.strftime('%H:%M:%S', time.localtime(logged_at))}" if logged_at else ""
         parts.append(f"ETA {_duration(last['eta_s'])}{from_time}")
     return ", ".join(parts)
 
