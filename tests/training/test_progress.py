@@ -92,3 +92,14 @@ def test_progress_times_data_wait_and_steps_and_logs_lines(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
     assert "attempt_start" not in fields  # only on the first step of the attempt
+
+
+def test_on_a_terminal_a_bar_follows_the_steps_instead_of_lines(caplog):
+    watch = Progress(3, 10, every_s=30, world_size=1, token_factors=(8, 4, 2), device=torch.device("cpu"),
+                     clock=FakeClock(), bar=True)
+    with caplog.at_level(logging.INFO, logger=progress.__name__):
+        for step in (4, 5):
+            watch.step(step, {"loss": 1.0, "lr": 0.1})
+    assert watch.bar.n == 5 and "loss 1 (last 1)" in str(watch.bar.postfix)
+    assert not [r for r in caplog.records if r.getMessage().startswith("step ")]
+    watch.close()
