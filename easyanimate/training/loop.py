@@ -137,7 +137,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
     cursor, sampler_state, last_path = resume(run)
     ledger = Ledger(cfg.output_dir, cfg.sample_ledger, cursor.global_step)
     metrics = MetricsLog(run)
-    watch = progress.for_run(run, cursor.global_step)
+    meter = progress.for_run(run, cursor.global_step)
     step_losses: list[torch.Tensor] = []
     last_saved = cursor.global_step
     logger.info("training steps %d -> %d, %d batches per epoch per rank, %d ranks", cursor.global_step,
@@ -148,7 +148,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
             sampler_state = None
         else:
             run.data.sampler.set_epoch(cursor.epoch)
-        batches = watch.watch(iter(run.data.loader))
+        batches = meter.timed(iter(run.data.loader))
         for _ in range(cursor.batches_consumed, run.steps_per_epoch):
             batch = next(batches)
             cursor.batches_consumed += 1
@@ -159,7 +159,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
             if not sync:
                 continue
             values = optimizer_step(run, cursor, step_losses)
-            metrics.log(cursor.global_step, watch.step(cursor.global_step, values))
+            metrics.log(cursor.global_step, meter.step(cursor.global_step, values))
             step_losses = []
             # Never validate between a signal and its save; a signal during validation ends it early.
             stop = cfg.save_on_signal and preemption.stop_requested()

@@ -166,7 +166,7 @@ class Progress:
         self.step_started: float | None = None
         self.wait, self.samples, self.tokens = 0.0, 0, 0
 
-    def watch(self, batches: Iterator[dict]) -> Iterator[dict]:
+    def timed(self, batches: Iterator[dict]) -> Iterator[dict]:
         """``batches``, timing each fetch and counting samples and tokens."""
         while True:
             started = self.clock()

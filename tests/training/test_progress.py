@@ -76,7 +76,7 @@ def test_progress_times_data_wait_and_steps_and_logs_lines(caplog):
 
     watch = Progress(0, 2, every_s=30, world_size=4, token_factors=(8, 4, 2), device=torch.device("cpu"),
                      clock=clock, bar=False)
-    batches = watch.watch(loader())
+    batches = watch.timed(loader())
     with caplog.at_level(logging.INFO, logger=progress.__name__):
         for step in (1, 2):
             for _ in range(2):  # two micro-batches per optimizer step
