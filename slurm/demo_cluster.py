@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python slurm/demo_cluster.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slurm import attempts, status  # noqa: E402
+from slurm import status  # noqa: E402
 from slurm import spec as specs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,11 +79,11 @@ def run_on_cluster(demo: Path, flags: list[str]) -> int:
         _run(PREEMPTOR, env)
         state = wait_finished(job_id, 900)
         print(f"job {job_id}: {state}\n$ python slurm/submit.py status {job_dir}", flush=True)
-        print(status.format_status(status.status(job_dir)), end="")
+        report = status.status(job_dir)
+        print(status.format_status(report), end="")
         print(where_to_look(job_dir))
-        kinds = [(attempts.read_json(p / "attempt.json") or {}).get("outcome", {}).get("kind")
-                 for p in attempts.attempt_dirs(job_dir)]
-        print(f"attempts: {', '.join(str(k) for k in kinds)}; the demo took {time.monotonic() - started:.0f} s")
+        kinds = ", ".join(row["outcome"] for row in report["attempts"])
+        print(f"attempts: {kinds}; the demo took {time.monotonic() - started:.0f} s")
         return 0 if state == "COMPLETED" else 1
     finally:
         print(f"stopping the test cluster in {cluster.base}", flush=True)
