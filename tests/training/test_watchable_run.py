@@ -42,7 +42,9 @@ def frames(path):
 
 def test_v51_run_logs_progress_writes_tensorboard_and_a_side_by_side_video(tiny_model_v51, demo_data, tmp_path):
     output = tmp_path / "out"
-    # The trainer's default --report_to (tensorboard): train() passes none, a later flag wins.
+    # The trainer's default --report_to, tensorboard (train() passes none; a later flag wins).
+    from easyanimate.config import parse_args
+    assert parse_args([]).report_to == "tensorboard"
     result = run(tiny_model_v51, demo_data, output, V51, "--report_to=tensorboard", "--log_every_s=3600")
 
     steps = [int(m.group(1)) for m in LINE.finditer(result.stderr)]
