@@ -6,12 +6,10 @@ import os
 import pytest
 import torch.multiprocessing as mp
 
-from conftest import tiny_config
-
 pytestmark = pytest.mark.integration
 
 
-def _rank_main(rank: int, world: int, init_file: str, data_dir: str, out_dir: str) -> None:
+def _rank_main(rank: int, world: int, init_file: str, cfg, out_dir: str) -> None:
     import torch.distributed as dist
 
     from easyanimate.data import loader
@@ -26,16 +24,16 @@ def _rank_main(rank: int, world: int, init_file: str, data_dir: str, out_dir: st
         return real_probe(items, *args, **kwargs)
 
     loader.probe_many = counting_probe
-    data = loader.build_train_dataloader(tiny_config(data_dir), rank=rank, world_size=world)
+    data = loader.build_train_dataloader(cfg, rank=rank, world_size=world)
     sizes = sorted(data.dataset.native_sizes.items())
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"probed": probed, "batches": len(data.sampler), "sizes": repr(sizes)}, f)
     dist.destroy_process_group()
 
 
-def test_only_rank_zero_probes_and_every_rank_builds_the_same_data(demo_data, tmp_path):
+def test_only_rank_zero_probes_and_every_rank_builds_the_same_data(demo_data, tiny_cfg, tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(demo_data), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), tiny_cfg(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     entries = json.loads((demo_data / "metadata_control.json").read_text())
     assert len(ranks[0]["probed"]) == len(entries) and ranks[1]["probed"] == []
