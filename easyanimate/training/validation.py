@@ -82,8 +82,11 @@ def send_to_trackers(trackers, name: str, path: Path, frames: np.ndarray, prompt
 
 
 class Validator:
-    def __init__(self, cfg: TrainConfig, components):
+    def __init__(self, cfg: TrainConfig, components, scheduler_cls: type | None = None):
         self.cfg, self.components = cfg, components
+        # The sampling scheduler: the --loss_type table's when it is handed in, else the flow folder's or DDIM.
+        self.scheduler_cls = scheduler_cls or (type(components.noise_scheduler) if cfg.loss_type == "flow"
+                                               else DDIMScheduler)
         self.enabled = bool(cfg.validation_prompts)
         self.uses_ref = cfg.train_mode == "control_ref"
         self.reference_videos: dict[str, str] | None = None  # read from the metadata when first needed
@@ -128,7 +131,6 @@ class Validator:
         import imageio.v3 as iio
 
         cfg, parts = self.cfg, self.components
-        scheduler_cls = type(parts.noise_scheduler) if cfg.loss_type == "flow" else DDIMScheduler
         out = Path(cfg.output_dir) / "sample"
         out.mkdir(parents=True, exist_ok=True)
         was_training = model.training
@@ -144,7 +146,7 @@ class Validator:
             panels = self._conditions(path, ref_path)
             frames = panels[0].shape[2] if panels else trim_to_interval(cfg.video_sample_n_frames)
             video = sampling.sample(
-                model, parts.vae, scheduler_cls.from_config(parts.noise_scheduler.config), parts.text_encoder,
+                model, parts.vae, self.scheduler_cls.from_config(parts.noise_scheduler.config), parts.text_encoder,
                 prompt=prompt, negative_prompt=NEGATIVE_PROMPT, num_frames=frames, height=cfg.video_sample_size,
                 width=cfg.video_sample_size, control=panels[0] if panels else None,
                 ref=panels[1] if len(panels) > 1 else None, uses_ref=self.uses_ref, steps=INFERENCE_STEPS,
