@@ -12,6 +12,7 @@ COMMANDS = {
     "check-data": ("easyanimate.data.preflight", "Check every metadata entry before training."),
     "convert-model": ("easyanimate.models.convert", "Write a diffusers-layout folder from either layout."),
     "export": ("easyanimate.training.export", "Export a checkpoint as a diffusers transformer folder."),
+    "plot": ("easyanimate.curves", "Summarise a run's training curves and draw them as a PNG."),
 }
 
 

@@ -196,6 +196,12 @@ class TrainConfig:
                                      "exactly. EasyAnimate's loader did this silently.", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
+    validation_ref_paths: Optional[list[str]] = opt(
+        None, "Reference images (or videos: the frame where the control clip starts) paired with "
+        "validation_paths, for --train_mode control_ref. Default: that frame of the training video whose control "
+        "video the validation path is.", X, nargs="+")
+    log_every_s: float = opt(30.0, "Rank 0 logs a `step N/TOTAL` progress line at least this often (seconds) "
+                             "when the output is not a terminal (a terminal gets a tqdm bar).", X)
 
     @property
     def model_folder(self) -> Path:
@@ -309,10 +315,14 @@ def validate(cfg: TrainConfig) -> list[str]:
     _require(cfg.checkpoints_total_limit is None or cfg.checkpoints_total_limit >= 1, "checkpoints_total_limit",
              "must be >= 1 (the newest complete checkpoint is always kept).")
     _require(0.0 <= cfg.max_bad_sample_fraction <= 1.0, "max_bad_sample_fraction", "must be in [0, 1].")
+    _require(cfg.log_every_s > 0, "log_every_s", f"must be > 0 seconds, got {cfg.log_every_s}.")
     _require(cfg.seed is not None, "seed", "is required for reproducible, resumable training: pass --seed=42.")
     if cfg.validation_paths is not None:
         _require(cfg.validation_prompts is not None and len(cfg.validation_prompts) == len(cfg.validation_paths),
                  "validation_paths", "needs one --validation_prompts entry per control video.")
+    if cfg.validation_ref_paths is not None:
+        _require(cfg.validation_paths is not None and len(cfg.validation_ref_paths) == len(cfg.validation_paths),
+                 "validation_ref_paths", "needs one --validation_paths control video per reference image.")
     if cfg.use_8bit_adam:
         _require(_importable("bitsandbytes"), "use_8bit_adam", "needs bitsandbytes: pip install bitsandbytes.")
     if cfg.use_came:
@@ -357,6 +367,7 @@ RESUME_NEUTRAL = {
     "checkpoints_total_limit", "dataloader_num_workers", "validation_prompts", "validation_paths",
     "validation_steps", "validation_epochs", "report_to", "report_model_info", "local_rank", "output_dir",
     "logging_dir", "sample_ledger", "save_on_signal", "low_vram", "tracker_project_name",
+    "log_every_s", "validation_ref_paths",
 }
 
 

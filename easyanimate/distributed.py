@@ -7,9 +7,12 @@ torch.distributed knows better; nothing in this package asks accelerate who it i
 from __future__ import annotations
 
 import os
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_initialized() -> bool:
@@ -48,6 +51,24 @@ def reduce_number(value: float, op: str, device: torch.device | str = "cpu") -> 
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=_OPS["sum" if op == "mean" else op])
     return float(tensor.item()) / (world_size() if op == "mean" else 1)
+
+
+def computed_on_main(compute: Callable[[], T]) -> T:
+    """``compute()`` run by rank 0 alone, its (picklable) result handed to every rank in one broadcast; an
+    exception on rank 0 is raised on every rank (the others would otherwise wait in the broadcast)."""
+    if not is_initialized():
+        return compute()
+    box: list = [None]
+    if rank() == 0:
+        try:
+            box[0] = ("value", compute())
+        except Exception as error:  # handed to every rank, re-raised below
+            box[0] = ("error", error)
+    dist.broadcast_object_list(box, src=0)
+    kind, payload = box[0]
+    if kind == "error":
+        raise payload
+    return payload
 
 
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:

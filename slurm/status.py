@@ -78,7 +78,18 @@ def status(job_dir: Path) -> dict:
         "markers": {name: runfolder.read_json(output / name)
                     for name in (runfolder.REQUEUE_MARKER, runfolder.COMPLETE_MARKER)},
         "logs": [str(p) for p in log_paths(job_dir)],
+        "training": training_progress(job_dir, output, spec.name),
     }
+
+
+def training_progress(job_dir: Path, output: Path, name: str) -> dict:
+    """The last logged step, loss, speed and ETA, and the curves drawn into JOB_DIR/curves.png."""
+    try:
+        from easyanimate import curves
+    except ImportError as error:  # a login node without the package's dependencies
+        return {"summary": f"curves unavailable: {error}", "png": None}
+    line, png = curves.report(output, job_dir / curves.PNG_NAME, name)
+    return {"summary": line, "png": str(png) if png else None}
 
 
 def _clock(t: Optional[float]) -> str:
@@ -103,6 +114,9 @@ def format_status(s: dict) -> str:
     done = s["markers"].get(runfolder.COMPLETE_MARKER)
     if done:
         lines.append(f"  training complete at step {done.get('step')}")
+    lines.append(f"  training: {s['training']['summary']}")
+    if s["training"]["png"]:
+        lines.append(f"  curves: {s['training']['png']}")
     lines.append(f"  logs: {Path(s['job_dir']) / 'logs'} ({len(s['logs'])} files; `submit.py logs` lists them)")
     return "\n".join(lines) + "\n"
 

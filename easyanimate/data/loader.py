@@ -95,7 +95,9 @@ def build_train_dataloader(cfg, *, rank: int, world_size: int, frame_interval: i
     the three pixel tensors uint8 in [0, 255])."""
     seed = cfg.seed if cfg.seed is not None else 0
     samples = load_metadata(cfg.train_data_meta, cfg.train_data_dir)
-    sizes = native_sizes(samples)
+    from easyanimate.distributed import computed_on_main
+    # Rank 0 probes, every rank gets the sizes (not every rank opening every file at start-up).
+    sizes = computed_on_main(lambda: native_sizes(samples))
     unreadable = sum(isinstance(size, MediaError) for size in sizes)
     if unreadable > cfg.max_bad_sample_fraction * len(samples):
         raise TooManyBadSamples(f"{unreadable} of {len(samples)} files cannot be opened (limit "

@@ -13,11 +13,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .metadata import MetadataError, Sample, parse_entry, read_entries
 from .video import MediaError, MediaInfo, VideoClip, read_image
@@ -158,8 +159,8 @@ class Report:
 
 
 def check_data(meta_path: str | Path, data_dir: Optional[str], options: CheckOptions = CheckOptions(),
-               workers: int = 16) -> Report:
-    """Check every entry of the metadata file."""
+               workers: int = 16, progress: Optional[Callable[[int, int, int], None]] = None) -> Report:
+    """Check every entry of the metadata file; ``progress(done, total, unusable)`` after each entry."""
     if not Path(meta_path).is_file():
         return Report(0, [Problem(None, "missing-file", str(meta_path), "the metadata file does not exist")], {})
     try:
@@ -168,7 +169,12 @@ def check_data(meta_path: str | Path, data_dir: Optional[str], options: CheckOpt
         detail = str(err).removeprefix(f"{meta_path}: ").rstrip(".")
         return Report(0, [Problem(None, "malformed-metadata", str(meta_path), detail)], {})
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: check_entry(*item, data_dir, options), enumerate(raws)))
+        results, unusable = [], 0
+        for found, size in pool.map(lambda item: check_entry(*item, data_dir, options), enumerate(raws)):
+            results.append((found, size))
+            unusable += any(p.severity == "error" for p in found)
+            if progress:
+                progress(len(results), len(raws), unusable)
     problems = [p for found, _ in results for p in found]
     return Report(len(raws), problems, {i: size for i, (_, size) in enumerate(results) if size is not None})
 
@@ -181,6 +187,35 @@ def write_meta(report: Report, meta_path: str | Path, out: Path) -> int:
             for i, raw in enumerate(raws) if i not in bad and i in report.sizes]
     out.write_text(json.dumps(kept, indent=1, ensure_ascii=False) + "\n")
     return len(kept)
+
+
+class ProgressReport:
+    """check-data's progress on stderr: a tqdm bar on a terminal, else a count line every ``every_s`` seconds
+    and at the end (big datasets take minutes; a silent command looks hung)."""
+
+    def __init__(self, every_s: float, stream=None, clock: Callable[[], float] = time.monotonic):
+        self.every_s, self.stream, self.clock = every_s, stream or sys.stderr, clock
+        self.started = self.last = clock()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm.auto import tqdm
+            self.bar = tqdm(unit="entry", desc="check-data", file=self.stream, dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int, unusable: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(unusable=unusable)
+            if done == total:
+                self.bar.close()
+            return
+        now = self.clock()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        print(f"check-data: {done}/{total} entries checked ({rate:.1f}/s), {unusable} unusable so far",
+              file=self.stream, flush=True)
 
 
 def _print(lines: Iterable[str]) -> None:
@@ -197,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_bad_sample_fraction", type=float, default=0.0,
                         help="Exit 1 when more than this fraction of entries is unusable.")
     parser.add_argument("--workers", type=int, default=16, help="Threads checking entries.")
+    parser.add_argument("--progress_every_s", type=float, default=10.0,
+                        help="Print a progress count this often (seconds) when stderr is not a terminal.")
     parser.add_argument("--json", type=Path, default=None, help="Also write every problem to this JSON file.")
     parser.add_argument("--write_meta", type=Path, default=None,
                         help="Write the usable entries with width/height added (training then skips probing).")
     args = parser.parse_args(argv)
     report = check_data(args.train_data_meta, args.train_data_dir,
-                        CheckOptions(args.video_sample_n_frames, args.video_sample_stride), args.workers)
+                        CheckOptions(args.video_sample_n_frames, args.video_sample_stride), args.workers,
+                        ProgressReport(args.progress_every_s))
     _print(p.line() for p in sorted(report.problems, key=lambda p: (p.entry is not None, p.entry or 0, p.kind)))
     print()
     print(report.summary())

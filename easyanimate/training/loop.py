@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from easyanimate import distributed
-from easyanimate.training import optim, rng_state, signals
+from easyanimate.training import optim, progress, rng_state, signals
 from easyanimate.training.build import Run
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,11 @@ class MetricsLog:
 
 
 def clip_gradients(run: Run, step: int) -> float | None:
-    """Non-DeepSpeed clipping with the original's decaying threshold; DeepSpeed clips inside its engine."""
+    """Non-DeepSpeed clipping with the original's decaying threshold; DeepSpeed clips inside its engine (its
+    norm is read back from the engine)."""
     if run.uses_deepspeed:
-        return None
+        norm = run.model.get_global_grad_norm()
+        return None if norm is None else float(norm)
     cfg = run.cfg
     params = [p for p in run.trainable if p.grad is not None]
     norm = float(run.accelerator.clip_grad_norm_(params, math.inf))
@@ -135,6 +137,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
     cursor, sampler_state, last_path = resume(run)
     ledger = Ledger(cfg.output_dir, cfg.sample_ledger, cursor.global_step)
     metrics = MetricsLog(run)
+    meter = progress.for_run(run, cursor.global_step)
     step_losses: list[torch.Tensor] = []
     last_saved = cursor.global_step
     logger.info("training steps %d -> %d, %d batches per epoch per rank, %d ranks", cursor.global_step,
@@ -145,7 +148,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
             sampler_state = None
         else:
             run.data.sampler.set_epoch(cursor.epoch)
-        batches = iter(run.data.loader)
+        batches = meter.timed(iter(run.data.loader))
         for _ in range(cursor.batches_consumed, run.steps_per_epoch):
             batch = next(batches)
             cursor.batches_consumed += 1
@@ -156,11 +159,13 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
             if not sync:
                 continue
             values = optimizer_step(run, cursor, step_losses)
-            metrics.log(cursor.global_step, values)
+            metrics.log(cursor.global_step, meter.step(cursor.global_step, values))
             step_losses = []
-            if run.validator.due(cursor.global_step, finished_epoch):
-                run.validator.run(run.accelerator.unwrap_model(run.model), cursor.global_step)
+            # Never validate between a signal and its save; a signal during validation ends it early.
             stop = cfg.save_on_signal and preemption.stop_requested()
+            if not stop and run.validator.due(cursor.global_step, finished_epoch):
+                run.validator.run(run, cursor.global_step, interrupted=lambda: preemption.received is not None)
+                stop = cfg.save_on_signal and preemption.stop_requested()
             if stop or cursor.global_step % cfg.checkpointing_steps == 0 or cursor.global_step == run.max_train_steps:
                 last_path, last_saved = save(run, cursor), cursor.global_step
             if stop:

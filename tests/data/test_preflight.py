@@ -104,3 +104,23 @@ def test_write_meta_adds_sizes_so_training_skips_probing(demo_data, tmp_path, ti
     cfg = tiny_cfg(data_dir=demo_data)
     cfg.train_data_meta = str(out)
     assert len(build_train_dataloader(cfg, rank=0, world_size=1).sampler) > 0
+
+
+def test_check_data_reports_progress_counts_on_stderr(faulty, capsys):
+    import io
+
+    from easyanimate.data.preflight import ProgressReport
+
+    meta, _ = faulty
+    cli(["check-data", f"--train_data_meta={meta}", "--video_sample_n_frames=9", "--progress_every_s=0"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "entries checked" in line]
+    total = len(json.loads(Path(meta).read_text()))
+    assert len(lines) == total and lines[-1].startswith(f"check-data: {total}/{total} entries checked")
+    assert lines[-1].endswith("7 unusable so far")
+
+    now = [0.0]
+    stream = io.StringIO()
+    report = ProgressReport(10, stream=stream, clock=lambda: now[0])
+    for done, now[0] in zip(range(1, 6), (1, 5, 11, 12, 13)):
+        report(done, 5, 0)
+    assert [line.split()[1] for line in stream.getvalue().splitlines()] == ["3/5", "5/5"]

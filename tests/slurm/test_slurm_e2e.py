@@ -5,6 +5,7 @@ uninterrupted run; and the README's demo command."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -103,3 +104,11 @@ def test_readme_demo_command_trains_and_writes_a_checkpoint(tmp_path, tiny_model
     assert (output / "checkpoint-6" / "manifest.json").is_file()
     assert (output / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert "training complete at step 6" in done.stdout
+    # Watchable: status states the loss and draws the curves; the demo ends by saying where to look.
+    assert "training: last logged step 6, loss " in done.stdout
+    png = demo / "run" / "curves.png"
+    assert f"curves: {png}" in done.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    video = output / "sample" / "step-6-0.mp4"
+    assert "Where to look:" in done.stdout and str(video) in done.stdout and video.stat().st_size > 0
+    node0 = next((demo / "run" / "logs").rglob("*_0_log.err")).read_text()
+    assert len(re.findall(r"step \d/6 loss .* samples/s .* ETA", node0)) >= 3
