@@ -12,6 +12,7 @@ COMMANDS = {
     "check-data": ("easyanimate.data.preflight", "Check every metadata entry before training."),
     "convert-model": ("easyanimate.models.convert", "Write a diffusers-layout folder from either layout."),
     "export": ("easyanimate.training.export", "Export a checkpoint as a diffusers transformer folder."),
+    "memory-plan": ("easyanimate.memory", "Per-GPU memory estimate of a training run (no weights loaded)."),
 }
 
 

@@ -181,6 +181,12 @@ class TrainConfig:
                               "exact resume).", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
+    master_weights_dtype: Literal["fp32", "bf16"] = opt(
+        "fp32", "Without DeepSpeed: dtype of the trained transformer weights, their gradients and the Adam moments. "
+        "fp32 (default): ~18 bytes/parameter with bf16 autocast (about 210 GB for the 12B transformer: no single "
+        "GPU). bf16: the original's footprint, ~8 bytes/parameter (about 95 GB: one H200), but updates smaller "
+        "than bf16's resolution are lost. Under DeepSpeed ZeRO-2 the master weights are always fp32, sharded. "
+        "`easyanimate memory-plan` shows what fits.", X)
 
     @property
     def model_folder(self) -> Path:
