@@ -114,11 +114,13 @@ def _apply_extra_weights(model: torch.nn.Module, path: str | None, *, transforme
     logger.info("loaded %s strictly on top of the model folder", path)
 
 
-def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: torch.dtype) -> Components:
+def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: torch.dtype,
+                    transformer_dtype: torch.dtype = torch.float32) -> Components:
+    """``transformer_dtype``: the dtype it trains in; it is cast on the CPU, so it reaches ``device`` in it."""
     folder = cfg.model_folder
     layout = detect_layout(folder)
     logger.info("model folder %s: %s layout", folder, layout)
-    transformer = load_transformer(folder, spec, layout=layout, dtype=torch.float32)
+    transformer = load_transformer(folder, spec, layout=layout, dtype=transformer_dtype)
     _apply_extra_weights(transformer, cfg.transformer_path, transformer=True)
     vae = load_vae(folder, spec, layout=layout, dtype=weight_dtype)
     _apply_extra_weights(vae, cfg.vae_path, transformer=False)
