@@ -138,16 +138,19 @@ class LayerModel:
 
 
 def layer_model(kwargs: dict, batch: TransformerBatch, **options) -> LayerModel:
-    """Per-block extrapolation from runs with 1 and 2 real-width blocks (and one plain block when the model
-    has any: blocks from ``mmdit_layers`` on have no separate text stream)."""
+    """Per-block extrapolation from runs with 1 and 2 real-width blocks (and 1-2 plain blocks after an MMDiT one
+    when the model has any: blocks from ``mmdit_layers`` on have no separate text feed-forward)."""
     def run(layers: int, mmdit: int) -> int:
         return transformer_peak({**kwargs, "num_layers": layers, "mmdit_layers": mmdit}, batch, **options)
 
     one, two = run(1, 1), run(2, 2)
     per_mmdit = two - one
-    has_plain = kwargs.get("mmdit_layers", kwargs["num_layers"]) < kwargs["num_layers"]
-    per_plain = run(2, 1) - one if has_plain else 0
-    return LayerModel(base=one - per_mmdit, per_mmdit=per_mmdit, per_plain=per_plain)
+    if kwargs.get("mmdit_layers", kwargs["num_layers"]) >= kwargs["num_layers"]:
+        return LayerModel(base=one - per_mmdit, per_mmdit=per_mmdit, per_plain=0)
+    # Plain blocks come last, as in the model: measure them there (the backward starts with them).
+    mixed = run(2, 1)
+    per_plain = run(3, 1) - mixed
+    return LayerModel(base=mixed - per_mmdit - per_plain, per_mmdit=per_mmdit, per_plain=per_plain)
 
 
 def block_counts(kwargs: dict) -> tuple[int, int]:
