@@ -295,6 +295,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.validation_paths is not None:
         _require(cfg.validation_prompts is not None and len(cfg.validation_prompts) == len(cfg.validation_paths),
                  "validation_paths", "needs one --validation_prompts entry per control video.")
+    _require(cfg.master_weights_dtype == "fp32" or cfg.mixed_precision == "bf16", "master_weights_dtype",
+             "bf16 master weights train under bf16 autocast: add --mixed_precision bf16.")
     if cfg.use_8bit_adam:
         _require(_importable("bitsandbytes"), "use_8bit_adam", "needs bitsandbytes: pip install bitsandbytes.")
     if cfg.use_came:

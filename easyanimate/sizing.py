@@ -1,4 +1,6 @@
-"""How big a job is before it runs: checkpoint bytes per node and the signal lead time they need. Standard library.
+"""How big a job is before it runs: checkpoint bytes per node, the signal lead time they need, and what each GPU
+holds for the trained transformer (``state_terms``, used by the memory plan in ``memory.py``) against a table of
+GPU memory sizes. Standard library.
 
 One table of bytes per parameter serves every consumer: ``submit.py``'s lead-time default and warnings, the
 preflight ``check``'s storage verdict and the memory plan. A ZeRO-2 checkpoint (accelerate + DeepSpeed) holds the

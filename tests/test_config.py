@@ -85,6 +85,7 @@ def test_valid_flags_validate_without_warnings(valid_args):
     (lambda a, p: a + ["--video_sample_size=100"], "video_sample_size"),
     (lambda a, p: [x for x in a if not x.startswith("--seed")], "seed"),
     (lambda a, p: a + ["--validation_paths", "a.mp4"], "validation_paths"),
+    (lambda a, p: a + ["--master_weights_dtype=bf16", "--mixed_precision=no"], "master_weights_dtype"),
 ])
 def test_invalid_values_fail_before_loading_naming_the_flag(valid_args, tmp_path, change, flag):
     with pytest.raises(ConfigError, match=f"--{flag}"):
