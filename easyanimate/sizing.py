@@ -32,7 +32,7 @@ class Layout:
     gpus_per_node: int
     deepspeed: bool = True          # ZeRO stage 2
     module_bytes: int = BF16        # bytes/parameter of the saved module (ZeRO-2: the training dtype)
-    ema_bytes: int = 0              # bytes/parameter of an EMA copy saved by rank 0 (0: no EMA)
+    ema_bytes: int = 0              # bytes/parameter of the EMA (fp32: 4), saved sharded by every rank (0: no EMA)
 
     @property
     def world_size(self) -> int:
@@ -47,7 +47,7 @@ def checkpoint_bytes_per_node(params: int, layout: Layout) -> list[float]:
     else:
         shards = 0.0
         rank0 = (FP32 + ADAM_MOMENTS) * params
-    rank0 += layout.ema_bytes * params
+    shards += layout.ema_bytes * params / layout.world_size * layout.gpus_per_node
     return [shards + (rank0 if node == 0 else 0.0) for node in range(layout.nodes)]
 
 

@@ -33,3 +33,9 @@ def test_lead_time_for_a_12b_model_on_one_8_gpu_node_is_minutes_not_the_default_
 def test_a_measured_save_replaces_the_bandwidth_estimate():
     layout = sizing.Layout(nodes=1, gpus_per_node=8)
     assert sizing.lead_time_s(P12B, layout, step_s=10, measured_save_s=100) == 10 + 200 + 30
+
+
+def test_sharded_ema_spreads_over_the_nodes_instead_of_node_0():
+    plain = sizing.checkpoint_bytes_per_node(P12B, sizing.Layout(nodes=2, gpus_per_node=8))
+    with_ema = sizing.checkpoint_bytes_per_node(P12B, sizing.Layout(nodes=2, gpus_per_node=8, ema_bytes=4))
+    assert [b - a for a, b in zip(plain, with_ema)] == pytest.approx([2 * P12B, 2 * P12B])
