@@ -108,8 +108,9 @@ def test_memory_plan_cli_exits_1_when_it_does_not_fit(capsys, tiny_model_v51):
     flags = ["--pretrained_model_name_or_path", str(tiny_model_v51), "--config_path",
              str(REPO / "configs" / "easyanimate_video_v5.1_magvit_qwen.yaml"), "--image_sample_size=64",
              "--video_sample_size=32", "--token_sample_size=32", "--video_sample_n_frames=9", "--seed=1"]
-    assert memory.main(["--gpus-per-node", "2", "--gpu", "h100", "--", *flags]) == 0
-    assert "fits h100: yes" in capsys.readouterr().out
+    assert memory.main(["--gpus-per-node", "2", "--gpu", "h100", "--", *flags, "--validation_prompts", "a cat"]) == 0
+    out = capsys.readouterr().out
+    assert "fits h100: yes" in out and "= validation peak" in out
     assert memory.main(["--gpu", "nonsense", "--", *flags]) == 2
 
 
