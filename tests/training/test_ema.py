@@ -3,6 +3,7 @@ resume under another number of ranks and export whole."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers.training_utils import EMAModel
 
@@ -70,10 +71,43 @@ def test_checkpoint_of_3_ranks_resumes_on_2_ranks_and_exports_the_whole_average(
 
 
 def test_a_missing_rank_file_is_an_error_naming_the_folder(tmp_path):
-    import pytest
     model = _model()
     shards = [ShardedEMA(model.named_parameters(), rank=r, world=3) for r in range(3)]
     for shard in shards[:2]:
         shard.save(tmp_path)
     with pytest.raises(ValueError, match="missing"):
         ShardedEMA(model.named_parameters(), rank=0, world=1).load(tmp_path)
+
+
+@pytest.mark.integration
+def test_zero2_run_saves_one_ema_shard_per_rank_resumes_them_and_exports_the_whole(tiny_model_v51, demo_data,
+                                                                                    tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer_runs import CONFIGS, launch
+
+    output = tmp_path / "out"
+    launch_flags = ["--use_deepspeed", "--deepspeed_config_file", str(CONFIGS / "zero_stage2_config.json"),
+                    "--deepspeed_multinode_launcher", "standard"]
+    flags = [f"--pretrained_model_name_or_path={tiny_model_v51}", f"--train_data_dir={demo_data}",
+             f"--train_data_meta={demo_data / 'metadata_control.json'}",
+             f"--config_path={CONFIGS / 'easyanimate_video_v5.1_magvit_qwen.yaml'}", "--image_sample_size=32",
+             "--video_sample_size=32", "--token_sample_size=32", "--video_sample_stride=1",
+             "--video_sample_n_frames=9", "--train_batch_size=1", "--seed=42", f"--output_dir={output}",
+             "--enable_bucket", "--loss_type=flow", "--train_mode=control_ref", "--checkpointing_steps=2",
+             "--report_to=none", "--use_deepspeed", "--use_ema", "--dataloader_num_workers=0",
+             "--resume_from_checkpoint=latest"]
+    first = launch(launch_flags, flags + ["--max_train_steps=2"], processes=2, port=29533)
+    assert first.returncode == 0, first.stderr[-5000:]
+    shards = sorted(p.name for p in (output / "checkpoint-2" / "ema").iterdir())
+    assert shards == ["rank00000.pt", "rank00001.pt"]
+    manifest = (output / "checkpoint-2" / "manifest.json").read_text()
+    assert "ema/rank00001.pt" in manifest                     # digested and committed with the rest
+    second = launch(launch_flags, flags + ["--max_train_steps=4"], processes=2, port=29534)
+    assert second.returncode == 0, second.stderr[-5000:]
+    assert "resumed from" in second.stderr
+    saved = torch.load(output / "checkpoint-4" / "ema" / "rank00000.pt", weights_only=True)
+    assert saved["optimization_step"] == 4                    # the resumed average went on counting
+    exported = load_file(output / "transformer_ema" / "diffusion_pytorch_model.safetensors")
+    whole = full_state_dict(output / "checkpoint-4")
+    assert exported.keys() == whole.keys() and all(torch.equal(exported[k], whole[k]) for k in whole)
