@@ -13,6 +13,7 @@ COMMANDS = {
     "convert-model": ("easyanimate.models.convert", "Write a diffusers-layout folder from either layout."),
     "export": ("easyanimate.training.export", "Export a checkpoint as a diffusers transformer folder."),
     "plot": ("easyanimate.curves", "Summarise a run's training curves and draw them as a PNG."),
+    "memory-plan": ("easyanimate.memory", "Per-GPU memory estimate of a training run (no weights loaded)."),
 }
 
 

@@ -202,6 +202,12 @@ class TrainConfig:
         "video the validation path is.", X, nargs="+")
     log_every_s: float = opt(30.0, "Rank 0 logs a `step N/TOTAL` progress line at least this often (seconds) "
                              "when the output is not a terminal (a terminal gets a tqdm bar).", X)
+    master_weights_dtype: Literal["fp32", "bf16"] = opt(
+        "fp32", "Without DeepSpeed: dtype of the trained transformer weights, their gradients and the Adam moments. "
+        "fp32 (default): ~18 bytes/parameter with bf16 autocast (about 210 GB for the 12B transformer: no single "
+        "GPU). bf16: the original's footprint, ~8 bytes/parameter (about 95 GB: one H200), but updates smaller "
+        "than bf16's resolution are lost. Under DeepSpeed ZeRO-2 the master weights are always fp32, sharded. "
+        "`easyanimate memory-plan` shows what fits.", X)
 
     @property
     def model_folder(self) -> Path:
@@ -323,6 +329,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.validation_ref_paths is not None:
         _require(cfg.validation_paths is not None and len(cfg.validation_ref_paths) == len(cfg.validation_paths),
                  "validation_ref_paths", "needs one --validation_paths control video per reference image.")
+    _require(cfg.master_weights_dtype == "fp32" or cfg.mixed_precision == "bf16", "master_weights_dtype",
+             "bf16 master weights train under bf16 autocast: add --mixed_precision bf16.")
     if cfg.use_8bit_adam:
         _require(_importable("bitsandbytes"), "use_8bit_adam", "needs bitsandbytes: pip install bitsandbytes.")
     if cfg.use_came:

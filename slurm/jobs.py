@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from easyanimate import runfolder
+from easyanimate import memory, runfolder
 from slurm import attempts, command, render, training
 from slurm import spec as specs
 from slurm.command import NodeContext
@@ -122,7 +122,9 @@ def dry_run_text(spec: JobSpec, warnings: list[str] = ()) -> str:
              node_command_text(spec), "",
              f"# ---- training environment (NCCL profile {spec.nccl!r}; logged again inside the container) ----",
              *(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
-    lines += [f"# warning: {w}" for w in warnings]
+    plan, plan_warnings = memory.job_report(spec)  # the memory plan (easyanimate/memory.py)
+    lines += [f"# warning: {w}" for w in [*warnings, *plan_warnings]]
+    lines += ["# ---- memory per GPU (estimate, easyanimate/memory.py) ----", *plan.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +140,8 @@ def submit(spec: JobSpec) -> str:
     (job_dir / "job.json").write_text(specs.to_json(spec))
     script = job_dir / "submission.sbatch"
     script.write_text(render.sbatch_script(spec))
+    for warning in memory.job_report(spec)[1]:  # before the queue wait, not after it
+        logger.warning(warning)
     done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=spec.root)
     if done.returncode != 0:
         raise SpecError(f"sbatch refused the job: {done.stderr.strip()}")

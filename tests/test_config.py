@@ -24,7 +24,8 @@ resume_from_checkpoint validation_prompts validation_paths validation_steps vali
 tracker_project_name report_model_info push_to_hub hub_model_id hub_token
 """.split()
 OUR_FLAGS = ["max_bad_sample_fraction", "text_drop_ratio", "control_drop_ratio", "ref_drop_ratio", "sample_ledger",
-             "init_from_base_model", "save_on_signal", "validation_ref_paths", "log_every_s"]
+             "init_from_base_model", "save_on_signal", "validation_ref_paths", "log_every_s",
+             "master_weights_dtype"]
 
 
 def test_flag_set_is_the_originals_89_plus_ours():
@@ -84,6 +85,7 @@ def test_valid_flags_validate_without_warnings(valid_args):
     (lambda a, p: a + ["--video_sample_size=100"], "video_sample_size"),
     (lambda a, p: [x for x in a if not x.startswith("--seed")], "seed"),
     (lambda a, p: a + ["--validation_paths", "a.mp4"], "validation_paths"),
+    (lambda a, p: a + ["--master_weights_dtype=bf16", "--mixed_precision=no"], "master_weights_dtype"),
 ])
 def test_invalid_values_fail_before_loading_naming_the_flag(valid_args, tmp_path, change, flag):
     with pytest.raises(ConfigError, match=f"--{flag}"):

@@ -20,7 +20,7 @@ def test_zero2_checkpoint_is_14_bytes_per_parameter_with_the_module_on_node_0():
 def test_ddp_checkpoint_is_written_by_rank_0_alone_with_fp32_weights_and_moments():
     per_node = sizing.checkpoint_bytes_per_node(1000, sizing.Layout(nodes=2, gpus_per_node=4, deepspeed=False,
                                                                     ema_bytes=2))
-    assert per_node == [12 * 1000 + 2 * 1000, 0.0]
+    assert per_node == [12 * 1000 + 1000, 1000]  # the EMA (2 bytes/parameter here) is saved by every rank
 
 
 def test_lead_time_for_a_12b_model_on_one_8_gpu_node_is_minutes_not_the_default_90_s():
@@ -33,3 +33,9 @@ def test_lead_time_for_a_12b_model_on_one_8_gpu_node_is_minutes_not_the_default_
 def test_a_measured_save_replaces_the_bandwidth_estimate():
     layout = sizing.Layout(nodes=1, gpus_per_node=8)
     assert sizing.lead_time_s(P12B, layout, step_s=10, measured_save_s=100) == 10 + 200 + 30
+
+
+def test_sharded_ema_spreads_over_the_nodes_instead_of_node_0():
+    plain = sizing.checkpoint_bytes_per_node(P12B, sizing.Layout(nodes=2, gpus_per_node=8))
+    with_ema = sizing.checkpoint_bytes_per_node(P12B, sizing.Layout(nodes=2, gpus_per_node=8, ema_bytes=4))
+    assert [b - a for a, b in zip(plain, with_ema)] == pytest.approx([2 * P12B, 2 * P12B])

@@ -150,16 +150,18 @@ def _control_channels(vae: AutoencoderKLMagvit, cfg: TrainConfig) -> int:
 
 
 def load_components(cfg: TrainConfig, spec: ModelSpec, *, device, weight_dtype: torch.dtype,
+                    transformer_dtype: torch.dtype = torch.float32,
                     scheduler: type[SchedulerMixin] | None = None, scheduler_required: bool = True) -> Components:
     """Everything from the model folder; ``scheduler`` (None: none loaded) and ``scheduler_required`` come from
-    the --loss_type table."""
+    the --loss_type table. ``transformer_dtype``: the dtype it trains in; it is cast on the CPU, so it reaches
+    ``device`` in it."""
     folder = cfg.model_folder
     layout = detect_layout(folder)
     logger.info("model folder %s: %s layout", folder, layout)
     vae = load_vae(folder, spec, layout=layout, dtype=weight_dtype)
     _apply_extra_weights(vae, cfg.vae_path, transformer=False)
     in_channels = _control_channels(vae, cfg) if cfg.init_from_base_model else None
-    transformer = load_transformer(folder, spec, layout=layout, dtype=torch.float32, in_channels=in_channels)
+    transformer = load_transformer(folder, spec, layout=layout, dtype=transformer_dtype, in_channels=in_channels)
     _apply_extra_weights(transformer, cfg.transformer_path, transformer=True)
     text_encoder = TextEncoder.from_folder(
         folder, spec, device=device, dtype=weight_dtype, max_length=cfg.tokenizer_max_length,

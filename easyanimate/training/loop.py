@@ -199,5 +199,6 @@ def save_final_models(run: Run, checkpoint: Path) -> None:
         export(checkpoint, Path(run.cfg.output_dir) / "transformer")
         write_run_pipeline(run.cfg, run.cfg.output_dir)
         if run.ema is not None:
-            run.ema.save_pretrained(str(Path(run.cfg.output_dir) / "transformer_ema"))
+            from easyanimate.training.ema import export_from_checkpoint
+            export_from_checkpoint(checkpoint, Path(run.cfg.output_dir) / "transformer_ema")
     distributed.barrier()
