@@ -46,7 +46,7 @@ def transformer_kwargs(folder: str | Path, spec: ModelSpec) -> dict:
     from easyanimate.models.loading import _second_stream_rule
 
     folder = Path(folder)
-    is_original = detect_layout(folder) == "original"
+    is_original = detect_layout(folder, require_weights=False) == "original"
     where = f"{folder / 'transformer'} ({'original' if is_original else 'diffusers'} layout)"
     kwargs = original.transformer_kwargs(_config(folder / "transformer"), spec.transformer_additional_kwargs,
                                          original=is_original, where=where)
@@ -56,7 +56,7 @@ def transformer_kwargs(folder: str | Path, spec: ModelSpec) -> dict:
 
 def vae_kwargs(folder: str | Path, spec: ModelSpec) -> dict:
     folder = Path(folder)
-    is_original = detect_layout(folder) == "original"
+    is_original = detect_layout(folder, require_weights=False) == "original"
     return original.vae_kwargs(_config(folder / "vae"), spec.vae_kwargs, original=is_original,
                                where=str(folder / "vae"))
 

@@ -22,7 +22,9 @@ class ModelFolderError(FileNotFoundError):
     """The model folder is missing something every layout needs; the message names the folder and the fix."""
 
 
-def detect_layout(folder: str | Path) -> Layout:
+def detect_layout(folder: str | Path, *, require_weights: bool = True) -> Layout:
+    """``require_weights=False`` for folders of configs only (sizing a model without its weights): then
+    model_index.json alone decides."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: model folder does not exist.")
@@ -31,6 +33,8 @@ def detect_layout(folder: str | Path) -> Layout:
             raise ModelFolderError(f"{folder}: no {sub}/config.json; pass the model root (the folder holding "
                                    "transformer/, vae/, text_encoder/, tokenizer/, scheduler/).")
     weights = [p for p in (folder / "transformer").iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights and not require_weights:
+        return "diffusers" if (folder / "model_index.json").is_file() else "original"
     if not weights:
         raise ModelFolderError(f"{folder}/transformer holds no weights (*.safetensors or *.bin).")
     return layout_from_names(tensor_names(folder / "transformer")) or \
