@@ -143,3 +143,60 @@ def test_derived_streams_depend_on_rank_world_and_step_only():
     assert draw(10, 1, 3) == draw(10, 1, 3)
     others = {draw(10, 0, 3), draw(10, 2, 3), draw(11, 1, 3), draw(10, 1, 2)}
     assert draw(10, 1, 3) not in others and len(others) == 4
+
+
+def trainer_flags(model: Path, data: Path, out: Path, *, steps: int, accumulation: int, resume: str) -> list[str]:
+    from test_exact_resume import command
+    replaced = {"--gradient_accumulation_steps": str(accumulation), "--checkpointing_steps": "3",
+                "--max_train_steps": str(steps), "--resume_from_checkpoint": resume}
+    flags = [f"{flag.split('=')[0]}={replaced[flag.split('=')[0]]}" if flag.split("=")[0] in replaced else flag
+             for flag in command(model, data, out, deepspeed=True)]
+    return flags
+
+
+def ledger(out: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted((out / "ledger").glob("rank*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.integration
+def test_trainer_resumed_on_one_process_finishes_the_epoch_of_two_and_is_reproducible(tiny_model_v51, demo_data,
+                                                                                     tmp_path):
+    """ZeRO-2, 2 processes x batch 1 x accumulation 1 to step 3 (6 of epoch 0's global batches), then twice from
+    that checkpoint on 1 process (accumulation 2) to step 6, across the end of epoch 0."""
+    from easyanimate.config import parse_args
+    from easyanimate.data import build_train_dataloader
+    zero2 = REPO / "configs" / "zero_stage2_config.json"
+    first = tmp_path / "first"
+    code, log = run("deepspeed", trainer_flags(tiny_model_v51, demo_data, first, steps=3, accumulation=1,
+                                               resume="latest"), tmp_path, processes=2, ds_config=zero2)
+    assert code == 0, log[-5000:]
+    outs = []
+    for name in ("A", "B"):
+        out = tmp_path / name
+        shutil.copytree(first, out, ignore=shutil.ignore_patterns("transformer", "complete.json"))
+        flags = trainer_flags(tiny_model_v51, demo_data, out, steps=6, accumulation=1, resume="checkpoint-3")
+        code, log = run("deepspeed", flags, tmp_path, processes=1, ds_config=zero2)
+        assert code == 0, log[-5000:]
+        assert "elastic resume" in log and "global batch kept at 2 samples" in log, log[-5000:]
+        assert "gradient accumulation 1 -> 2" in log
+        outs.append(out)
+    a, b = (load_file(out / "transformer" / "diffusion_pytorch_model.safetensors") for out in outs)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # two resumes on one process: bitwise equal
+    assert ledger(outs[0]) == ledger(outs[1])
+
+    # In sample terms: epoch 0 is its global batch list once, 6 batches from 2 ranks and the rest from 1 (a single
+    # rank divides any rest: no tail); epoch 1 is a 1-process epoch from its first batch.
+    cfg = parse_args(trainer_flags(tiny_model_v51, demo_data, first, steps=6, accumulation=2, resume="latest")[1:])
+    sampler = build_train_dataloader(cfg, rank=0, world_size=1).sampler
+    ids = {epoch: [[sampler.items[p].index for p in batch] for batch in sampler.global_batches(epoch)]
+           for epoch in (0, 1)}
+    lines = ledger(outs[0])
+    trained0 = sorted(i for line in lines if line["epoch"] == 0 for i in line["ids"])
+    assert trained0 == sorted(i for batch in ids[0] for i in batch)
+    two_ranks = [line for line in lines if line["step"] <= 3]
+    assert len(two_ranks) == 6 and {line["epoch"] for line in two_ranks} == {0}
+    one_rank = [line["ids"] for line in lines if line["step"] > 3]
+    assert len(one_rank) == 6  # 3 steps x accumulation 2 on one process
+    rest = len(ids[0]) - 6
+    assert one_rank[:rest] == ids[0][6:] and one_rank[rest:] == ids[1][:6 - rest]
