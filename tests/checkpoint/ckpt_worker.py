@@ -121,7 +121,10 @@ def main(argv) -> int:
                 return signals.REQUEUE_EXIT_CODE
     digest = weights_sha(accelerator.unwrap_model(model))
     everyone = [None] * distributed.world_size()
-    torch.distributed.all_gather_object(everyone, digest)
+    if distributed.is_initialized():
+        torch.distributed.all_gather_object(everyone, digest)
+    else:  # one process without --multi_gpu: accelerate starts no process group
+        everyone = [digest]
     if distributed.is_main():
         Path(args.output_dir, "result.json").write_text(json.dumps({"step": step, "weights": everyone}))
     return 0
@@ -129,5 +132,6 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
-    torch.distributed.destroy_process_group()  # exiting with a live gloo group aborts the process
+    if distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # exiting with a live gloo group aborts the process
     sys.exit(code)

@@ -42,7 +42,7 @@ def launch_flags(mode: str, workdir: Path, processes: int = 2, ds_config: Path |
             ds_config = workdir / "zero2_cpu.json"
             ds_config.write_text(json.dumps(ZERO2_CPU))
         return ["--use_deepspeed", "--deepspeed_config_file", str(ds_config), *flags]
-    return ["--multi_gpu", *flags]
+    return ["--multi_gpu", *flags] if processes > 1 else flags  # accelerate refuses --multi_gpu for one
 
 
 class Launched:
