@@ -71,10 +71,11 @@ class ResumePlan:
         return (f"world size {self.saved_world} -> {self.world}: global batch kept at {self.global_batch} samples "
                 f"({self.saved_world} x {self.batch_size} x {self.saved_accumulation} -> {self.world} x "
                 f"{self.batch_size} x {self.accumulation}: gradient accumulation {self.saved_accumulation} -> "
-                f"{self.accumulation}); learning rate (--scale_lr included), optimizer step and LR schedule "
-                f"continue unchanged ({self.max_train_steps or 'the configured'} steps in all); the epoch in "
-                f"progress continues at its global position, later epochs are {self.world}-rank epochs; random "
-                f"streams are derived anew for each of the {self.world} ranks")
+                f"{self.accumulation}); learning rate (--scale_lr included), optimizer state and LR schedule "
+                f"continue at the same optimizer step (a length from --num_train_epochs stays the saved "
+                f"{self.max_train_steps or 'one'}; --max_train_steps is used as given); the epoch in progress "
+                f"continues at its global position, later epochs are {self.world}-rank epochs; random streams are "
+                f"derived anew for each of the {self.world} ranks")
 
 
 def batch_record(world: int, batch_size: int, accumulation: int, max_train_steps: int) -> dict:
@@ -180,6 +181,16 @@ def _to_universal(engine_dir: Path, out: Path) -> None:
     # Its prints and progress bars are not our log (an error still raises).
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         ds_to_universal.main(args)
+
+
+def remove_converted(output_dir: str | Path, before_step: int) -> None:
+    """Rank 0, after a save: universal forms of older checkpoints are not needed by the next resume (a resume
+    of an older checkpoint on another world size converts it again)."""
+    for converted in Path(output_dir).glob(f"{UNIVERSAL_PREFIX}*"):
+        step = converted.name[len(UNIVERSAL_PREFIX):]
+        if step.isdigit() and int(step) < before_step:
+            logger.info("removing %s: checkpoint-%d supersedes it", converted, before_step)
+            shutil.rmtree(converted)
 
 
 def _remove_orphans(output_dir: Path) -> None:

@@ -52,8 +52,6 @@ def resume(run: Run) -> tuple[Cursor, Path | None]:
     cursor = Cursor(state["global_step"], state["epoch"], run.data.sampler.start)
     logger.info("resumed from %s at step %d (epoch %d, batch %d of %d on this rank)", path, cursor.global_step,
                 cursor.epoch, cursor.batches_consumed, len(run.data.sampler))
-    if run.resume_plan is not None and run.resume_plan.changed:
-        logger.info("resumed on another world size: %s", run.resume_plan.describe())
     return cursor, path
 
 
@@ -126,6 +124,8 @@ def micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
 def save(run: Run, cursor: Cursor) -> Path:
     started = time.monotonic()
     path = run.checkpointer.save(run.accelerator, cursor.global_step, cursor.state(run))
+    if distributed.is_main():
+        elastic.remove_converted(run.cfg.output_dir, before_step=cursor.global_step)
     logger.info("saved %s in %.1f s", path, time.monotonic() - started)
     return path
 
