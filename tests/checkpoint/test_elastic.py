@@ -201,3 +201,10 @@ def test_trainer_resumed_on_one_process_finishes_the_epoch_of_two_and_is_reprodu
     assert len(one_rank) == 6  # 3 steps x accumulation 2 on one process
     rest = len(ids[0]) - 6
     assert one_rank[:rest] == ids[0][6:] and one_rank[rest:] == ids[1][:6 - rest]
+
+
+def test_a_save_removes_the_universal_forms_of_older_checkpoints(tmp_path):
+    for step in (3, 6):
+        (tmp_path / f"{elastic.UNIVERSAL_PREFIX}{step}").mkdir()
+    elastic.remove_converted(tmp_path, before_step=6)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{elastic.UNIVERSAL_PREFIX}6"]
