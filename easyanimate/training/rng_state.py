@@ -2,7 +2,9 @@
 
 The global streams (python ``random``, numpy's legacy global state, torch's CPU and CUDA default generators) are
 saved alongside any named ``torch.Generator`` the training step owns (noise, timesteps, dropout), so a resumed
-rank continues the same sequences it would have drawn without the interruption.
+rank continues the same sequences it would have drawn without the interruption. A run resumed on another number
+of processes cannot continue the old ranks' streams: ``derive`` gives each new rank fresh ones from the seed, step,
+world size and rank, so that resume is itself reproducible.
 """
 
 from __future__ import annotations
