@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from easyanimate import distributed
+from easyanimate.config import ConfigError
 from easyanimate.runfolder import MANIFEST, checkpoint_step, fsync_dir, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ DEEPSPEED_TAG = "pytorch_model"  # the folder accelerate gives DeepSpeed's engin
 PER_RANK_FILES = ("random_states_", "rank_states")
 
 
-class ElasticError(RuntimeError):
-    """This checkpoint cannot be resumed on this number of processes; the message says what would work."""
+class ElasticError(ConfigError):
+    """This checkpoint cannot be resumed on this number of processes; the message says what would work (the
+    trainer exits with code 2 and this message, as for a bad flag)."""
 
 
 @dataclass(frozen=True)
