@@ -33,6 +33,9 @@ def build_spec(options: dict[str, Any], *, job_file: str | None = None, extra: l
     values = specs.load_job_file(job_file) if job_file else {}
     env = {**values.pop("env", {}), **options.pop("env", {})}
     binds = list(values.pop("binds", [])) + list(options.pop("binds", []))
+    if "nodes" in options:  # a count on the command line replaces the job file's range; MIN-MAX sets both
+        options = specs.split_node_range({"max_nodes": None, **options})
+    values = specs.split_node_range(values)
     values.update(options)
     spec = specs.from_mapping({**values, "env": env, "binds": binds}, source=job_file or "options")
     cwd = None if template else Path(cwd or os.getcwd()).resolve()

@@ -103,7 +103,8 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
     checkpoint = runfolder.latest_checkpoint(Path(spec.output_dir))
     record = {"job_id": node.job_id, "restart_count": node.restart_count, "started": time.time(),
               "nodelist": os.environ.get("SLURM_JOB_NODELIST", socket.gethostname()),
-              "num_nodes": node.num_nodes, "resume_from": checkpoint, "outcome": None}
+              "num_nodes": node.num_nodes, "world_size": node.num_nodes * spec.procs_per_node,
+              "resume_from": checkpoint, "outcome": None}
     logger.info("attempt %s: SLURM_RESTART_COUNT=%d, %d node(s) %s, resuming from %s", node.attempt_id,
                 node.restart_count, node.num_nodes, record["nodelist"],
                 f"step {checkpoint['step']} ({checkpoint['path']})" if checkpoint else "scratch")

@@ -58,7 +58,8 @@ def teardown_lines(spec: JobSpec) -> list[str]:
 
 def directives(spec: JobSpec) -> dict[str, object]:
     values = {
-        "job-name": spec.name, "nodes": spec.nodes, "ntasks-per-node": 1, "cpus-per-task": spec.cpus_per_task,
+        "job-name": spec.name, "ntasks-per-node": 1,
+        "nodes": f"{spec.nodes}-{spec.max_nodes}" if (spec.max_nodes or 0) > spec.nodes else spec.nodes, "cpus-per-task": spec.cpus_per_task,
         "gpus-per-node": spec.gpus_per_node or None, "mem": spec.mem, "time": spec.time,
         "partition": spec.partition, "account": spec.account, "qos": spec.qos, "constraint": spec.constraint,
         "exclusive": True if spec.exclusive else None, "chdir": None if spec.root == "." else spec.root,

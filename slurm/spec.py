@@ -38,7 +38,10 @@ class JobSpec:
     job_dir: Optional[str] = opt(None, "Job folder: the spec, sbatch script, logs and attempt records "
                                  "(default runs/NAME). Must be on a filesystem every node sees.")
     # --- resources ---
-    nodes: int = opt(1, "Nodes (one SLURM task per node; accelerate starts the per-GPU processes).")
+    nodes: int = opt(1, "Nodes (one SLURM task per node; accelerate starts the per-GPU processes). MIN-MAX "
+                     "(e.g. 2-4) sets max_nodes too.")
+    max_nodes: Optional[int] = opt(None, "Most nodes: sbatch gets --nodes NODES-MAX_NODES and each attempt starts on "
+                                   "what is free; the checkpoint resumes on any count (elastic resume).")
     gpus_per_node: int = opt(8, "GPUs per node; 0 trains on CPU (gloo; DeepSpeed with DS_ACCELERATOR=cpu).")
     processes_per_node: Optional[int] = opt(None, "Training processes per node (default: gpus_per_node, or 1 "
                                             "on CPU).")
@@ -171,6 +174,8 @@ def validate(spec: JobSpec) -> None:
         raise SpecError("--name: must not be empty.")
     if spec.nodes < 1:
         raise SpecError(f"--nodes: must be >= 1, got {spec.nodes}.")
+    if spec.max_nodes is not None and spec.max_nodes < spec.nodes:
+        raise SpecError(f"--max-nodes: {spec.max_nodes} is below --nodes {spec.nodes}; pass --nodes MIN-MAX.")
     if spec.gpus_per_node < 0:
         raise SpecError(f"--gpus-per-node: must be >= 0, got {spec.gpus_per_node}.")
     if spec.procs_per_node < 1:
@@ -198,3 +203,16 @@ def validate(spec: JobSpec) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise SpecError(f"--env: {key!r} is not a valid environment variable name.")
         _no_control_chars("env", str(value))
+
+
+def split_node_range(values: dict[str, Any]) -> dict[str, Any]:
+    """``nodes: "2-4"`` (job file or --nodes) as nodes=2, max_nodes=4; a plain count is left alone."""
+    nodes = values.get("nodes")
+    if isinstance(nodes, str):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", nodes)
+        if not match:
+            raise SpecError(f"--nodes: {nodes!r} is neither a count (4) nor a range (2-4).")
+        values = {**values, "nodes": int(match.group(1))}
+        if match.group(2):
+            values["max_nodes"] = int(match.group(2))
+    return values

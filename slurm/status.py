@@ -63,7 +63,9 @@ def status(job_dir: Path) -> dict:
                "resume_from": (record.get("resume_from") or {}).get("step"),
                "outcome": outcome.get("kind", "running"), "detail": outcome.get("detail", ""),
                "requeued": outcome.get("requeue", False), "step": outcome.get("step"),
-               "save_latency_s": outcome.get("save_latency_s")}
+               "save_latency_s": outcome.get("save_latency_s"),
+               "world_size": record.get("world_size") or (record.get("num_nodes") or 0) * spec.procs_per_node or None,
+               "nodes": record.get("num_nodes")}
         if row["outcome"] == attempts.CRASHED:
             row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
         rows.append(row)
@@ -106,7 +108,8 @@ def format_status(s: dict) -> str:
         took = f"{row['ended'] - row['started']:.0f}s" if row["ended"] and row["started"] else "-"
         save = f", save {row['save_latency_s']:.1f}s" if row["save_latency_s"] is not None else ""
         resume = f"from step {row['resume_from']}" if row["resume_from"] is not None else "from scratch"
-        lines.append(f"    {row['attempt']:<10} {_clock(row['started'])} {took:>6}  {resume:<16} "
+        world = f"{row['nodes']}n/{row['world_size']}p" if row.get("world_size") else "-"
+        lines.append(f"    {row['attempt']:<10} {_clock(row['started'])} {took:>6}  {world:>8}  {resume:<16} "
                      f"{row['outcome']:<16} {row['detail']}{save}{' -> requeued' if row['requeued'] else ''}")
         lines += [f"        | {line}" for line in row.get("error", [])]
     ckpt = s["latest_checkpoint"]

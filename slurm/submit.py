@@ -4,7 +4,10 @@
     python slurm/submit.py ... --dry-run        print the sbatch script and the per-node command, submit nothing
     python slurm/submit.py ... --local          run it on this machine (submitit's local executor)
     python slurm/submit.py --job JOB --template print the script with relative paths (slurm/templates/)
-    python slurm/submit.py status JOB_DIR       SLURM state, every attempt, latest checkpoint
+    python slurm/submit.py resubmit JOB_DIR [--nodes N|MIN-MAX] [--dry-run]
+                                                the same job again, e.g. on other nodes: it resumes its latest
+                                                checkpoint on the new world size (elastic resume)
+    python slurm/submit.py status JOB_DIR       SLURM state, every attempt (with its world size), latest checkpoint
     python slurm/submit.py logs JOB_DIR [--tail N]
     python slurm/submit.py cancel JOB_DIR
     python slurm/submit.py check --job JOB --nodes N ... [--no-wait] [-- FLAGS]
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +32,7 @@ if __package__ in (None, ""):  # `python slurm/submit.py`: make the repository i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slurm import jobs, render, status  # noqa: E402
+from slurm import spec as specs  # noqa: E402
 from slurm.spec import JobSpec, SpecError  # noqa: E402
 
 HINTS = get_type_hints(JobSpec)
@@ -55,6 +60,7 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--bind", action="append", metavar="SRC[:DST[:ro]]", **kwargs)
         else:
             scalar = next((a for a in get_args(hint) if a is not type(None)), hint) if hint is not str else str
+            scalar = str if f.name == "nodes" else scalar  # a count or MIN-MAX (spec.split_node_range)
             parser.add_argument(flag, type=scalar, **kwargs)
 
 
@@ -151,6 +157,47 @@ def _run_local(spec) -> int:
     return 0
 
 
+# SLURM states in which a job of the folder may still start or run an attempt.
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+def resubmit_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="slurm/submit.py resubmit", description="Submit a job folder's job again "
+                                     "(its job.json), optionally on another number of nodes; the trainer resumes the "
+                                     "latest checkpoint on the new world size.")
+    parser.add_argument("job_dir", type=Path)
+    parser.add_argument("--nodes", help="Node count, or MIN-MAX to let SLURM start it on what is free.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the script and command; submit nothing.")
+    args = parser.parse_args(argv[1:])
+    spec_file = args.job_dir / "job.json"
+    if not spec_file.is_file():
+        print(f"{args.job_dir} is not a job folder (no job.json)", file=sys.stderr)
+        return 2
+    try:
+        values = json.loads(spec_file.read_text())
+        if args.nodes:
+            values = specs.split_node_range({**values, "max_nodes": None, "nodes": args.nodes})
+        spec = specs.from_mapping(values, source=str(spec_file))
+        specs.validate(spec)
+        if args.dry_run:
+            sys.stdout.write(jobs.dry_run_text(spec, []))
+            return 0
+        active = {job: state["state"] for job in status.job_ids(args.job_dir)
+                  if (state := status.slurm_state(job))["state"] in ACTIVE_STATES}
+        if active:
+            raise SpecError(f"{args.job_dir}: job(s) {active} still hold this folder; wait for them or run "
+                            f"`python slurm/submit.py cancel {args.job_dir}` first.")
+        job_id = jobs.submit(spec)
+    except SpecError as error:
+        print(f"submit.py: {error}", file=sys.stderr)
+        return 2
+    nodes = f"{spec.nodes}-{spec.max_nodes}" if spec.max_nodes else str(spec.nodes)
+    print(f"submitted job {job_id} on {nodes} node(s); job folder {spec.job_dir}\n"
+          f"  watch:  python slurm/submit.py status {spec.job_dir}")
+    return 0
+
+
 def tool_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"slurm/submit.py {argv[0]}")
     parser.add_argument("job_dir", type=Path)
@@ -187,6 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return tool_main(argv)
     if argv and argv[0] == "check":
         return check_main(argv[1:])
+    if argv and argv[0] == "resubmit":
+        return resubmit_main(argv)
     return submit_main(argv)
 
 

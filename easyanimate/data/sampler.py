@@ -2,10 +2,17 @@
 
 Per epoch, from the seed alone (the same on every rank): shuffle all samples, group them by (type, aspect
 bucket), cut each group into batches (a last partial batch is filled up from the start of its own group, so
-nothing carries over into the next epoch), shuffle the batches, drop the few that do not divide evenly among
-ranks, and give rank r every world_size-th batch starting at r. Ranks therefore see disjoint batches, all of
-the same count. Each batch also gets its shape (h, w, frames) from its own random stream, so any worker can
-build it and a resumed run rebuilds the same batches.
+nothing carries over into the next epoch) and shuffle the batches. This list of global batches depends on the
+seed and the data only, never on the number of ranks. Rank r gets every world_size-th batch starting at r; the
+few batches that do not divide evenly among the ranks (the tail) are dropped. Ranks therefore see disjoint
+batches, all of the same count. Each batch also gets its shape (h, w, frames) from its own random stream, so any
+worker can build it and a resumed run rebuilds the same batches.
+
+Resuming on another number of ranks (elastic resume): the cursor is kept in global terms, ``offset`` global
+batches of the epoch already trained. The new ranks deal the rest of the same list from there (rank r gets
+batches offset + r, offset + r + world_size, ...) and drop the tail of the rest that does not divide among them,
+fewer than world_size batches. Later epochs start at offset 0: they are the epochs a run with the new world size
+would have had from the start.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class BucketBatchSampler:
         self.items, self.batch_size, self.rules = list(items), batch_size, rules
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self._start = 0, 0
+        self.offset = 0  # global batches of this epoch trained before this world size took over (elastic resume)
         self._cache: tuple[int, list[list[int]]] | None = None
         if len(self._global_batches(0)) < world_size:
             raise ValueError(f"{len(self.items)} samples make fewer than one batch of {batch_size} per rank on "
@@ -63,13 +71,23 @@ class BucketBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         """Start of an epoch; a resume cursor loaded for this same epoch is kept."""
         if epoch != self.epoch:
-            self.epoch, self._start = epoch, 0
+            self.epoch, self._start, self.offset = epoch, 0, 0
 
     def __len__(self) -> int:
-        return len(self._global_batches(self.epoch)) // self.world_size
+        """Batches per rank in the current epoch (from ``offset`` on, after an elastic resume)."""
+        return (len(self._global_batches(self.epoch)) - self.offset) // self.world_size
+
+    @property
+    def start(self) -> int:
+        """Batches of the current epoch this rank has already consumed (the resume cursor; 0 at an epoch's start)."""
+        return self._start
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches in order, before any tail is dropped (positions in the sample list)."""
+        return list(self._global_batches(epoch))
 
     def _global_batches(self, epoch: int) -> list[list[int]]:
-        """All ranks' batches of an epoch, as positions in the sample list."""
+        """All ranks' batches of an epoch, as positions in the sample list (world-size independent)."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         order = rng(self.seed, Stream.SHUFFLE, epoch).permutation(len(self.items))
@@ -84,17 +102,19 @@ class BucketBatchSampler:
                 batch += [members[i % len(members)] for i in range(self.batch_size - len(batch))]
                 batches.append(batch)
         shuffled = rng(self.seed, Stream.BATCH_ORDER, epoch).permutation(len(batches))
-        usable = len(batches) - len(batches) % self.world_size
-        self._cache = (epoch, [batches[i] for i in shuffled[:usable]])
+        self._cache = (epoch, [batches[i] for i in shuffled])
         return self._cache[1]
 
     def requests(self, epoch: int, batch: int, positions: list[int]) -> list[SampleRequest]:
         """The requests of global batch ``batch``: its shape drawn from its own stream."""
         members = [self.items[p] for p in positions]
         first = members[0]
+        # The ranks of one step share a budget stream, keyed by the step's first global batch.
+        offset = self.offset if epoch == self.epoch else 0
+        step_first = offset + (batch - offset) // self.world_size * self.world_size
         shape = plan_batch(self.rules, first.data_type, first.bucket, min(m.native_side for m in members),
                            rng(self.seed, Stream.BATCH_SHAPE, epoch, batch),
-                           rng(self.seed, Stream.SHARED_BUDGET, epoch, batch // self.world_size))
+                           rng(self.seed, Stream.SHARED_BUDGET, epoch, step_first // self.world_size))
         return [SampleRequest(position=p, index=m.index, data_type=m.data_type, epoch=epoch, batch=batch, slot=s,
                               shape=shape) for s, (p, m) in enumerate(zip(positions, members))]
 
@@ -102,26 +122,35 @@ class BucketBatchSampler:
         epoch, start = self.epoch, self._start
         self._start = 0
         batches = self._global_batches(epoch)
-        for step in range(start, len(batches) // self.world_size):
-            batch = step * self.world_size + self.rank
+        for step in range(start, len(self)):
+            batch = self.offset + step * self.world_size + self.rank
             yield self.requests(epoch, batch, batches[batch])
 
     def state_dict(self, batches_consumed: int) -> dict:
-        """The cursor after ``batches_consumed`` batches of the current epoch reached the training loop."""
+        """The cursor after ``batches_consumed`` batches of the current epoch reached the training loop
+        (``global_batches_consumed`` is the same cursor in world-size independent terms)."""
         return {"epoch": self.epoch, "batches_consumed": int(batches_consumed), "seed": self.seed,
                 "world_size": self.world_size, "rank": self.rank, "num_items": len(self.items),
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "offset": self.offset,
+                "global_batches_consumed": self.offset + int(batches_consumed) * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        """The next iteration starts exactly at the saved cursor (same seed, data and batch size required)."""
+        """The next iteration starts exactly at the saved cursor (same seed, data and batch size required). On
+        another world size the epoch continues at the saved global position (see the module docstring)."""
         for key, mine in (("seed", self.seed), ("num_items", len(self.items)), ("batch_size", self.batch_size)):
             if state[key] != mine:
                 raise ValueError(f"sampler state has {key}={state[key]}, this run has {mine}: the data order "
                                  "cannot be resumed exactly; start a new run or restore the old setting.")
         self.epoch, consumed = int(state["epoch"]), int(state["batches_consumed"])
+        self.offset = int(state.get("offset", 0))
         if state["world_size"] != self.world_size:
-            # Global batches are dealt round-robin, so the count of global batches consumed carries over.
-            logger.warning("resuming data order saved with %d ranks on %d ranks: the cursor is remapped and "
-                           "batches near it may repeat or be skipped", state["world_size"], self.world_size)
-            consumed = consumed * state["world_size"] // self.world_size
+            self.offset += consumed * int(state["world_size"])
+            consumed = 0
+            total = len(self._global_batches(self.epoch))
+            if self.rank == 0:
+                logger.info("data order of epoch %d saved on %d ranks continues on %d: %d of its %d global "
+                            "batches were trained, the next %d are dealt to the %d ranks and the last %d dropped "
+                            "(the tail that does not divide among them)", self.epoch, state["world_size"],
+                            self.world_size, self.offset, total, len(self) * self.world_size, self.world_size,
+                            total - self.offset - len(self) * self.world_size)
         self._start = min(consumed, len(self))

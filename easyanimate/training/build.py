@@ -21,7 +21,7 @@ from easyanimate import distributed
 from easyanimate.config import ConfigError, TrainConfig, fingerprint
 from easyanimate.data import build_train_dataloader
 from easyanimate.models import load_components, load_model_spec
-from easyanimate.training import optim
+from easyanimate.training import elastic, optim
 from easyanimate.training.ema import ShardedEMA
 from easyanimate.training.checkpoint import Checkpointer
 from easyanimate.training.loss_types import LOSS_TYPES
@@ -52,6 +52,8 @@ class Run:
     max_train_steps: int
     uses_deepspeed: bool
     model_layout: str
+    resume_path: Path | None = None  # the checkpoint to continue from (found before anything is sized by it)
+    resume_plan: elastic.ResumePlan | None = None
 
 
 def build_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -159,6 +161,16 @@ def build_run(cfg: TrainConfig) -> Run:
                        cfg.use_deepspeed, "runs" if deepspeed else "does not run")
     generator = seed_everything(cfg)
     rank, world = distributed.rank(), distributed.world_size()
+    # The checkpoint comes first: on another world size it decides the gradient accumulation (elastic.py).
+    checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
+                                config_fingerprint=fingerprint(cfg))
+    resume_path = checkpointer.find_resume(cfg.resume_from_checkpoint)
+    resume_plan = elastic.plan(resume_path, cfg, world) if resume_path is not None else None
+    if resume_plan is not None and resume_plan.changed:
+        cfg = resume_plan.apply(cfg)
+        accelerator.gradient_accumulation_steps = cfg.gradient_accumulation_steps
+        if distributed.is_main():
+            logger.info("elastic resume from %s: %s", resume_path, resume_plan.describe())
     logger.info("%d processes, %s, mixed precision %s", world, "DeepSpeed ZeRO-2" if deepspeed else "no DeepSpeed",
                 accelerator.mixed_precision)
     weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
@@ -185,6 +197,8 @@ def build_run(cfg: TrainConfig) -> Run:
         raise ConfigError(f"--train_data_meta {cfg.train_data_meta}: no full batch of {cfg.train_batch_size} per "
                           f"rank across {world} ranks; add samples or lower --train_batch_size.")
     max_steps = total_steps(cfg, steps_per_epoch)
+    if resume_plan is not None and resume_plan.changed and cfg.max_train_steps is None and resume_plan.max_train_steps:
+        max_steps = resume_plan.max_train_steps  # an epoch-derived length is not recounted on the new world size
     lr_scheduler = optim.build_lr_scheduler(optimizer, cfg, max_steps)
 
     if deepspeed:
@@ -196,15 +210,13 @@ def build_run(cfg: TrainConfig) -> Run:
         ema.register(accelerator)
     init_trackers(accelerator, cfg)
     objective = ControlObjective(cfg, components, loss_type, uses_ref=uses_ref, rank=rank, world_size=world)
-    checkpointer = Checkpointer(cfg.output_dir, total_limit=cfg.checkpoints_total_limit,
-                                config_fingerprint=fingerprint(cfg))
     validator = Validator(cfg, components, loss_type.validation_scheduler)
     return Run(cfg=cfg, accelerator=accelerator, model=model, objective=objective, optimizer=optimizer,
                lr_scheduler=lr_scheduler, trainable=trainable[0] + trainable[1], data=data,
                checkpointer=checkpointer, validator=validator, ema=ema, generator=generator,
                steps_per_epoch=steps_per_epoch,
                max_train_steps=max_steps, uses_deepspeed=deepspeed,
-               model_layout=components.layout)
+               model_layout=components.layout, resume_path=resume_path, resume_plan=resume_plan)
 
 
 def init_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:

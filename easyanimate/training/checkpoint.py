@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 
 from easyanimate import distributed, runfolder
+from easyanimate.training import elastic
 from easyanimate.runfolder import (ABANDONED_PREFIX, DELETING_PREFIX, MANIFEST, TEMP_PREFIX, checkpoint_step,
                                    fsync_dir, write_json_atomic)
 
@@ -286,12 +287,12 @@ class Checkpointer:
 
     @staticmethod
     def _check_world_size(path: Path) -> None:
-        manifest = read_manifest(path)
-        if manifest["world_size"] != distributed.world_size():
-            raise CheckpointError(
-                f"{path} was written by {manifest['world_size']} processes and this run has "
-                f"{distributed.world_size()}: ZeRO partitions, sampler cursors and RNG streams are per rank. "
-                "Resume with the same number of processes (or start a new output_dir).")
+        """A checkpoint of another world size resumes through elastic.py; say so before anything is loaded."""
+        saved = read_manifest(path)["world_size"]
+        if saved != distributed.world_size() and distributed.is_main():
+            logger.warning("%s was written by %d processes and this run has %d: elastic resume (the global batch, "
+                           "optimizer state and schedule are kept; see 'what changes when the world size changes' "
+                           "in the README)", path, saved, distributed.world_size())
 
     # ---- saving ----
 
@@ -410,13 +411,29 @@ class Checkpointer:
     # ---- loading ----
 
     def load(self, accelerator, path: Path) -> dict:
-        """Collective: restores model, optimizer, scheduler (accelerate/DeepSpeed) and returns this rank's state."""
+        """Collective: restores model, optimizer, scheduler (accelerate/DeepSpeed) and returns this rank's state.
+
+        On another world size than the one that wrote ``path``, ZeRO partitions are read through their universal
+        form (elastic.py) and the returned state is rank 0's, with ``saved_world_size`` added: the saved per-rank
+        RNG streams belong to ranks that no longer exist, and the data cursor is global (sampler.py)."""
         started = time.monotonic()
         path = Path(path)
-        self._check_world_size(path)
-        with _accelerate_sees_true_ranks():
-            accelerator.load_state(str(path))
-        state = torch.load(path / RANK_STATES / f"rank{distributed.rank():05d}.pt", weights_only=False)
+        saved_world = read_manifest(path)["world_size"]
+        source, loads_universal = path, contextlib.nullcontext()
+        if saved_world != distributed.world_size() and accelerator.state.deepspeed_plugin is not None:
+            engine = accelerator.deepspeed_engine_wrapped.engine
+            if engine.zero_optimization_stage() > 2:
+                raise CheckpointError(f"{path}: resuming ZeRO stage {engine.zero_optimization_stage()} on another "
+                                      f"number of processes ({saved_world} -> {distributed.world_size()}) is not "
+                                      "supported; use ZeRO-2 or the same number of processes")
+            source, loads_universal = elastic.universal_form(path), elastic.engine_loads_universal(engine)
+        with _accelerate_sees_true_ranks(), loads_universal:
+            accelerator.load_state(str(source))
+        if saved_world == distributed.world_size():
+            state = torch.load(path / RANK_STATES / f"rank{distributed.rank():05d}.pt", weights_only=False)
+        else:
+            state = torch.load(path / RANK_STATES / f"rank{0:05d}.pt", weights_only=False)
+            state["saved_world_size"] = saved_world
         if distributed.is_main():
             logger.info("loaded %s in %.1f s", path, time.monotonic() - started)
         return state

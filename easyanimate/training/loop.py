@@ -1,7 +1,8 @@
 """The training loop: batch -> loss -> backward -> (every N micro-steps) step -> maybe checkpoint -> log.
 
 Checkpoints happen only at optimizer-step boundaries, so a resume restarts at a micro-step boundary with
-the sampler cursor, every RNG stream and the optimizer exactly as they were.
+the sampler cursor, every RNG stream and the optimizer exactly as they were. On another world size (elastic.py)
+the optimizer and the data position are kept and each new rank's random streams are derived from the seed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from easyanimate import distributed
-from easyanimate.training import optim, progress, rng_state, signals
+from easyanimate.training import elastic, optim, progress, rng_state, signals
 from easyanimate.training.build import Run
 
 logger = logging.getLogger(__name__)
@@ -31,19 +32,27 @@ class Cursor:
     def state(self, run: Run) -> dict:
         return {"global_step": self.global_step, "epoch": self.epoch, "batches_consumed": self.batches_consumed,
                 "sampler": run.data.sampler.state_dict(self.batches_consumed),
-                "rng": rng_state.capture({"train": run.generator})}
+                "rng": rng_state.capture({"train": run.generator}),
+                "batch": elastic.batch_record(distributed.world_size(), run.cfg.train_batch_size,
+                                              run.cfg.gradient_accumulation_steps, run.max_train_steps)}
 
 
-def resume(run: Run) -> tuple[Cursor, dict | None, Path | None]:
-    """The cursor to continue from, the sampler state to restore and the checkpoint (None: a fresh start)."""
-    path = run.checkpointer.find_resume(run.cfg.resume_from_checkpoint)
+def resume(run: Run) -> tuple[Cursor, Path | None]:
+    """The cursor to continue from (sampler and RNG streams restored) and the checkpoint (None: a fresh start)."""
+    path = run.resume_path
     if path is None:
-        return Cursor(), None, None
+        return Cursor(), None
     state = run.checkpointer.load(run.accelerator, path)
-    rng_state.restore(state["rng"], {"train": run.generator})
-    logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"], state["epoch"],
-                state["batches_consumed"])
-    return Cursor(state["global_step"], state["epoch"], state["batches_consumed"]), state["sampler"], path
+    run.data.sampler.load_state_dict(state["sampler"])
+    if "saved_world_size" in state:  # the saved streams belong to the old ranks
+        rng_state.derive(run.cfg.seed, state["global_step"], distributed.rank(), distributed.world_size(),
+                         {"train": run.generator})
+    else:
+        rng_state.restore(state["rng"], {"train": run.generator})
+    cursor = Cursor(state["global_step"], state["epoch"], run.data.sampler.start)
+    logger.info("resumed from %s at step %d (epoch %d, batch %d of %d on this rank)", path, cursor.global_step,
+                cursor.epoch, cursor.batches_consumed, len(run.data.sampler))
+    return cursor, path
 
 
 class Ledger:
@@ -55,10 +64,14 @@ class Ledger:
             return
         path = Path(output_dir) / "ledger" / f"rank{distributed.rank()}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Lines written after the checkpoint we resume from belong to work that is being redone.
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step] \
-            if path.exists() else []
-        path.write_text("".join(line + "\n" for line in kept))
+        # Lines written after the checkpoint we resume from belong to work that is being redone; so do those of
+        # ranks that this (smaller) world size no longer has.
+        gone = [p for p in path.parent.glob("rank*.jsonl") if int(p.stem[4:]) >= distributed.world_size()] \
+            if distributed.is_main() else []
+        for own in [path] + gone:
+            kept = [line for line in own.read_text().splitlines() if json.loads(line)["step"] <= resumed_step] \
+                if own.exists() else []
+            own.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
     def record(self, step: int, epoch: int, sample_ids: torch.Tensor) -> None:
@@ -113,6 +126,8 @@ def micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
 def save(run: Run, cursor: Cursor) -> Path:
     started = time.monotonic()
     path = run.checkpointer.save(run.accelerator, cursor.global_step, cursor.state(run))
+    if distributed.is_main():
+        elastic.remove_converted(run.cfg.output_dir, before_step=cursor.global_step)
     logger.info("saved %s in %.1f s", path, time.monotonic() - started)
     return path
 
@@ -134,7 +149,7 @@ def optimizer_step(run: Run, cursor: Cursor, losses: list[torch.Tensor]) -> dict
 def train(run: Run, preemption: signals.PreemptionHandler) -> int:
     """Train to max_train_steps; returns the process exit code (0, or the requeue code after a signal)."""
     cfg = run.cfg
-    cursor, sampler_state, last_path = resume(run)
+    cursor, last_path = resume(run)
     ledger = Ledger(cfg.output_dir, cfg.sample_ledger, cursor.global_step)
     metrics = MetricsLog(run)
     meter = progress.for_run(run, cursor.global_step)
@@ -143,13 +158,12 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
     logger.info("training steps %d -> %d, %d batches per epoch per rank, %d ranks", cursor.global_step,
                 run.max_train_steps, run.steps_per_epoch, distributed.world_size())
     while cursor.global_step < run.max_train_steps:
-        if sampler_state is not None:
-            run.data.sampler.load_state_dict(sampler_state)
-            sampler_state = None
-        else:
-            run.data.sampler.set_epoch(cursor.epoch)
+        run.data.sampler.set_epoch(cursor.epoch)  # keeps a cursor loaded for this epoch
+        if cursor.batches_consumed >= len(run.data.sampler):  # resumed after the last batch the new world can deal
+            cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
+            continue
         batches = meter.timed(iter(run.data.loader))
-        for _ in range(cursor.batches_consumed, run.steps_per_epoch):
+        for _ in range(cursor.batches_consumed, len(run.data.sampler)):
             batch = next(batches)
             cursor.batches_consumed += 1
             ledger.record(cursor.global_step + 1, cursor.epoch, batch["sample_ids"])
@@ -183,7 +197,7 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
 
 def end_epoch_if_done(run: Run, cursor: Cursor) -> int | None:
     """Move the cursor to the next epoch after its last batch; returns the epoch that just finished."""
-    if cursor.batches_consumed < run.steps_per_epoch:
+    if cursor.batches_consumed < len(run.data.sampler):  # shorter than steps_per_epoch in an elastic epoch
         return None
     cursor.epoch, cursor.batches_consumed = cursor.epoch + 1, 0
     # The sampler moves with the cursor: a checkpoint taken at this step must record the new epoch's order.

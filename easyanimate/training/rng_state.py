@@ -2,7 +2,9 @@
 
 The global streams (python ``random``, numpy's legacy global state, torch's CPU and CUDA default generators) are
 saved alongside any named ``torch.Generator`` the training step owns (noise, timesteps, dropout), so a resumed
-rank continues the same sequences it would have drawn without the interruption.
+rank continues the same sequences it would have drawn without the interruption. A run resumed on another number
+of processes cannot continue the old ranks' streams: ``derive`` gives each new rank fresh ones from the seed, step,
+world size and rank, so that resume is itself reproducible.
 """
 
 from __future__ import annotations
@@ -39,3 +41,20 @@ def restore(state: dict, generators: dict[str, torch.Generator] | None = None) -
         torch.cuda.set_rng_state(state["cuda"])
     for name, gen in generators.items():
         gen.set_state(state["generators"][name])
+
+
+def derive(seed: int, step: int, rank: int, world_size: int, generators: dict[str, torch.Generator] | None = None
+           ) -> None:
+    """Fresh streams for ``rank`` of a run resumed at ``step`` on ``world_size`` processes after the world size
+    changed (the saved per-rank streams belong to ranks that no longer exist). Every stream is a function of
+    (seed, step, world size, rank, stream name) only, so two resumes from one checkpoint draw the same numbers."""
+    def stream_seed(name: str) -> int:
+        words = np.random.SeedSequence([int(seed) % 2**64, int(step), int(world_size), int(rank),
+                                        *name.encode()]).generate_state(2, np.uint32)
+        return int(words[0]) << 32 | int(words[1])
+
+    random.seed(stream_seed("python"))
+    np.random.seed(stream_seed("numpy") % 2**32)
+    torch.manual_seed(stream_seed("torch"))  # seeds the CUDA generators too
+    for name, gen in (generators or {}).items():
+        gen.manual_seed(stream_seed(f"generator:{name}"))

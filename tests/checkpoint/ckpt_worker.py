@@ -2,7 +2,9 @@
 
 It trains a diffusers transformer folder on a per-rank random objective (no forward pass: every weight gets a
 data-dependent gradient) with the real Checkpointer, PreemptionHandler and rng_state, and can be told to die
-(SIGKILL) in the middle of a save or to receive SIGUSR1 on one rank only.
+(SIGKILL) in the middle of a save or to receive SIGUSR1 on one rank only. Resumed on another number of
+processes it derives its random streams as the trainer does, and ``--resave_to`` saves the state it resumed
+with into another folder (to compare it with the checkpoint it came from).
 Rank 0 writes the final weights' sha256 to ``output_dir/result.json``.
 """
 
@@ -55,6 +57,7 @@ def parse(argv):
     parser.add_argument("--signal_rank1_at", type=int, default=None)
     parser.add_argument("--step_seconds", type=float, default=0, help="sleep per step (to be signalled)")
     parser.add_argument("--transformer", required=True, help="diffusers transformer folder to train")
+    parser.add_argument("--resave_to", default=None, help="save the resumed state at once into this folder")
     return parser.parse_args(argv)
 
 
@@ -89,8 +92,14 @@ def main(argv) -> int:
     resume_from = checkpointer.find_resume(args.resume)
     if resume_from is not None:
         state = checkpointer.load(accelerator, resume_from)
-        rng_state.restore(state["rng"], {"data": generator})
         step = state["global_step"]
+        if "saved_world_size" in state:
+            rng_state.derive(0, step, rank, distributed.world_size(), {"data": generator})
+        else:
+            rng_state.restore(state["rng"], {"data": generator})
+        if args.resave_to:
+            Checkpointer(args.resave_to).save(accelerator, step, {"global_step": step,
+                                                                  "rng": rng_state.capture({"data": generator})})
     while step < args.steps:
         x = torch.randn(8, 16, generator=generator)
         y = torch.randn(8, 4, generator=generator) + torch.randn(8, 4) * 0.01  # the global stream too
@@ -112,7 +121,10 @@ def main(argv) -> int:
                 return signals.REQUEUE_EXIT_CODE
     digest = weights_sha(accelerator.unwrap_model(model))
     everyone = [None] * distributed.world_size()
-    torch.distributed.all_gather_object(everyone, digest)
+    if distributed.is_initialized():
+        torch.distributed.all_gather_object(everyone, digest)
+    else:  # one process without --multi_gpu: accelerate starts no process group
+        everyone = [digest]
     if distributed.is_main():
         Path(args.output_dir, "result.json").write_text(json.dumps({"step": step, "weights": everyone}))
     return 0
@@ -120,5 +132,6 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
-    torch.distributed.destroy_process_group()  # exiting with a live gloo group aborts the process
+    if distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # exiting with a live gloo group aborts the process
     sys.exit(code)

@@ -23,6 +23,8 @@ def free_port() -> int:
 def env(mode: str) -> dict:
     out = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    # DeepSpeed's CPU comm op is compiled per venv; a cache shared by several venvs is rebuilt by each in turn.
+    out.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     out.pop("CUDA_VISIBLE_DEVICES", None)
     out.pop("ACCELERATE_USE_CPU", None)
     if mode == "plain":
@@ -40,7 +42,7 @@ def launch_flags(mode: str, workdir: Path, processes: int = 2, ds_config: Path |
             ds_config = workdir / "zero2_cpu.json"
             ds_config.write_text(json.dumps(ZERO2_CPU))
         return ["--use_deepspeed", "--deepspeed_config_file", str(ds_config), *flags]
-    return ["--multi_gpu", *flags]
+    return ["--multi_gpu", *flags] if processes > 1 else flags  # accelerate refuses --multi_gpu for one
 
 
 class Launched:

@@ -137,15 +137,19 @@ def test_explicit_checkpoint_must_exist_and_verify(trainer, tmp_path):
         checkpointer.find_resume("checkpoint-5")
 
 
-def test_resume_refuses_another_world_size_and_warns_on_other_options(trainer, tmp_path, caplog):
+def test_resume_on_another_world_size_is_announced_and_other_options_warn(trainer, tmp_path, caplog):
     path = save(Checkpointer(tmp_path, config_fingerprint="old"), trainer, 1, torch.Generator())
     with caplog.at_level(logging.WARNING):
         assert Checkpointer(tmp_path, config_fingerprint="new").find_resume("latest") == path
     assert "different training options" in caplog.text
     manifest = read_manifest(path)
     (path / MANIFEST).write_text(json.dumps({**manifest, "world_size": 8}))
-    with pytest.raises(CheckpointError, match="written by 8 processes"):
-        Checkpointer(tmp_path).find_resume("latest")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(tmp_path).find_resume("latest") == path
+    assert "written by 8 processes and this run has 1: elastic resume" in caplog.text
+    state = Checkpointer(tmp_path).load(trainer[0], path)  # rank 0's state, marked as coming from 8 ranks
+    assert state["global_step"] == 1 and state["saved_world_size"] == 8
 
 
 def test_retention_keeps_the_newest_and_prunes_only_after_a_save(trainer, tmp_path):

@@ -87,13 +87,55 @@ def test_resume_refuses_a_different_seed_or_dataset():
         sampler(data=items(per_group=6)).load_state_dict(state)
 
 
-def test_resume_on_another_world_size_remaps_the_cursor_with_a_warning(caplog):
-    state = sampler(rank=0, world=2).state_dict(2)
-    resumed = sampler(rank=0, world=4)
-    with caplog.at_level(logging.WARNING):
-        resumed.load_state_dict(state)
-    assert "ranks" in caplog.text
-    assert len(list(resumed)) == len(resumed) - 1
+def trained(samplers) -> list[int]:
+    """Global batch numbers the ranks' samplers yield, in global order."""
+    return sorted(r[0].batch for s in samplers for r in s)
+
+
+@pytest.mark.parametrize("before, after", [(2, 3), (3, 1), (2, 4)])
+def test_resume_on_another_world_size_trains_the_rest_of_the_epoch_once(before, after):
+    data = items(per_group=7)  # 12 global batches
+    total = len(sampler(data=data).global_batches(3))
+    old = [sampler(rank, before, data=data) for rank in range(before)]
+    for s in old:
+        s.set_epoch(3)
+    state = old[0].state_dict(batches_consumed=1)
+    new = [sampler(rank, after, data=data) for rank in range(after)]
+    for s in new:
+        s.load_state_dict(state)
+        s.set_epoch(3)  # the loop re-announces the epoch; the cursor survives
+    assert {len(s) for s in new} == {(total - before) // after} and new[0].start == 0
+    rest = trained(new)
+    # Nothing before the cursor again, nothing after it skipped except the tail the new world cannot divide.
+    assert rest == list(range(before, before + len(rest)))
+    assert total - before - len(rest) < after
+    # Each batch holds the same samples as on any other world size.
+    one = sampler(data=data)
+    one.set_epoch(3)
+    contents = {b[0].batch: [q.position for q in b] for b in one}
+    assert all([q.position for q in b] == contents[b[0].batch] for s in new for b in s)
+    # Later epochs are the new world size's own epochs.
+    for s in new:
+        s.set_epoch(4)
+    fresh = [sampler(rank, after, data=data) for rank in range(after)]
+    for s in fresh:
+        s.set_epoch(4)
+    assert [list(s) for s in new] == [list(s) for s in fresh]
+
+
+def test_a_second_resume_on_the_new_world_size_continues_its_dealing_exactly():
+    data = items(per_group=7)
+    first = sampler(0, 2, data=data)
+    first.set_epoch(1)
+    moved = [sampler(rank, 3, data=data) for rank in range(3)]
+    for s in moved:
+        s.load_state_dict(first.state_dict(batches_consumed=1))
+    whole = [list(s) for s in moved]
+    again = [sampler(rank, 3, data=data) for rank in range(3)]
+    for s, m in zip(again, moved):
+        s.load_state_dict(m.state_dict(batches_consumed=1))
+        s.set_epoch(1)
+    assert [list(s) for s in again] == [w[1:] for w in whole]
 
 
 def test_too_little_data_for_the_world_size_is_an_error_that_says_so():

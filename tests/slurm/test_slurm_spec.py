@@ -94,3 +94,26 @@ def test_lead_time_warns_when_measured_save_does_not_fit():
     assert "raise it to at least 100" in jobs.lead_time_warnings(spec, measured=40.0, grace=None)[0]
     assert "GraceTime=30" in " ".join(jobs.lead_time_warnings(spec, measured=20.0, grace=30))
     assert "no save time measured" in jobs.lead_time_warnings(spec, measured=None, grace=None)[0]
+
+
+def test_nodes_accepts_a_min_max_range_and_a_count_replaces_it():
+    from slurm import render
+    spec = build({"nodes": "2-4"})
+    assert (spec.nodes, spec.max_nodes) == (2, 4) and render.directives(spec)["nodes"] == "2-4"
+    assert render.directives(build({"nodes": "3"}))["nodes"] == 3
+    with pytest.raises(SpecError, match="--nodes: '2-x'"):
+        build({"nodes": "2-x"})
+    with pytest.raises(SpecError, match="below --nodes 4"):
+        build({"nodes": "4-2"})
+
+
+def test_resubmit_changes_the_node_count_of_a_job_folder(tmp_path, capsys):
+    spec = build({"nodes": "2-4", "job_dir": str(tmp_path / "job")})
+    Path(spec.job_dir).mkdir()
+    (Path(spec.job_dir) / "job.json").write_text(specs.to_json(spec))
+    assert submit.main(["resubmit", spec.job_dir, "--nodes", "1", "--dry-run"]) == 0
+    assert "#SBATCH --nodes=1\n" in capsys.readouterr().out
+    assert submit.main(["resubmit", spec.job_dir, "--dry-run"]) == 0
+    assert "#SBATCH --nodes=2-4\n" in capsys.readouterr().out
+    assert submit.main(["resubmit", str(tmp_path), "--nodes", "1"]) == 2
+    assert "not a job folder" in capsys.readouterr().err
