@@ -111,6 +111,10 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
     if reason:
         record["outcome"] = attempts.outcome_dict(attempts.Outcome(attempts.BUDGET_EXHAUSTED, reason))
         logger.error("attempt %s not started: %s", node.attempt_id, reason)
+    else:
+        # The fence: from now on only this attempt's processes may commit a checkpoint or a marker; a process
+        # left over from an earlier attempt (a node that lost contact, a slow teardown) is refused.
+        runfolder.claim(spec.output_dir, node.attempt_id)
     runfolder.write_json_atomic(folder / "attempt.json", record)
     return 3 if reason else 0
 
@@ -159,7 +163,7 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = command.training_env(spec)
+    env = {**command.training_env(spec), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
     hardware = nccl.detect_hardware()
     for warning in nccl.warnings(env, hardware):
         logger.warning("NCCL: %s", warning)

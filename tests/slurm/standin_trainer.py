@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from easyanimate import distributed
+from easyanimate import distributed, runfolder
 from easyanimate.config import parse_args
 from easyanimate.training import signals
 
@@ -37,6 +37,7 @@ def save(output: Path, step: int, weights: list[float]) -> Path:
     distributed.barrier()
     if distributed.is_main():
         (temp / "manifest.json").write_text(json.dumps({"step": step, "world_size": distributed.world_size()}))
+        runfolder.check_fence(output)  # as the real Checkpointer: a newer attempt owns the folder, never commit
         temp.rename(final)
     distributed.barrier()
     return final

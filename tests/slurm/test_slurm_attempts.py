@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from easyanimate import runfolder
 from slurm import attempts
 from slurm.attempts import Evidence, classify
+
+REPO = Path(__file__).resolve().parents[2]
 
 T0 = 1_000_000.0
 LIMIT_END = T0 + 3600  # the attempt's time limit
@@ -178,3 +182,37 @@ def test_a_user_cancel_is_a_cancellation_even_after_the_trainer_saved_on_sigterm
     out = classify(evidence(nodes=signalled("TERM"), batch_signal="TERM", requeue_marker=marker(signal="SIGTERM"),
                             cancel_requested=True))
     assert (out.kind, out.requeue, out.step) == ("cancelled", False, 40)
+
+
+def test_a_stale_process_of_an_older_attempt_is_refused_when_it_commits(tmp_path):
+    """A real trainer process of attempt 5.0 (its environment made by the node launcher) keeps running after
+    attempt 5.1 has begun: its next checkpoint commit is refused and nothing it saves after the claim counts."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from slurm import launch
+    from slurm.command import NodeContext
+    spec = folder_spec(tmp_path, nodes=1)
+    old = NodeContext("5", 1, 0, "127.0.0.1", "20005", restart_count=0)
+    assert launch.begin(spec, old) == 0
+    env = {**os.environ, **launch.node_environment(spec, old), "STANDIN_STEP_S": "0.1", "PYTHONPATH": str(REPO)}
+    assert env[runfolder.ATTEMPT_ENV] == "5.0"
+    output = Path(spec.output_dir)
+    trainer = subprocess.Popen([sys.executable, "tests/slurm/standin_trainer.py", f"--output_dir={output}",
+                                "--max_train_steps=1000", "--checkpointing_steps=3", "--seed=1"], cwd=REPO, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not runfolder.committed_checkpoints(output) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launch.begin(spec, NodeContext("5", 1, 0, "127.0.0.1", "20005", restart_count=1)) == 0
+        before = {p.name for p in runfolder.committed_checkpoints(output)}
+        _, stderr = trainer.communicate(timeout=60)
+    finally:
+        trainer.kill()
+    assert trainer.returncode != 0 and "StaleAttemptError" in stderr and "attempt 5.1" in stderr
+    after = {p.name for p in runfolder.committed_checkpoints(output)}
+    assert len(after - before) <= 1  # at most the one commit already past its fence check at the claim
+    assert runfolder.current_attempt(output) == "5.1"
