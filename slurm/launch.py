@@ -5,8 +5,11 @@
 - ``node`` (one SLURM task per node): machine rank, MASTER_ADDR/PORT, NCCL environment, then the container and
   ``accelerate launch``; records the signals it saw and the exit code. Signals are not forwarded on SLURM:
   slurmstepd sends them to every process of the step itself.
-- ``end`` (batch shell, after srun): classify the attempt and requeue it only when the trainer's requeue marker
-  proves the checkpoint was committed by every rank, within the budget of its kind. Crashes are never requeued.
+- while training runs, node 0's launcher watches the run folder: once the trainer's requeue marker proves the
+  checkpoint was committed by every rank, it requeues the job from inside (or resubmits it where the partition
+  cancels preempted jobs or refuses the requeue), within the budget of its kind.
+- ``end`` (batch shell, after srun): records the attempt's outcome; it brings the job back only if node 0 did
+  not (a node failure SLURM does not handle itself). Crashes are never requeued; SLURM's own requeues never twice.
 
 Usage: ``python slurm/launch.py begin|node|end JOB_DIR/job.json [...]``.
 """
@@ -17,10 +20,12 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,8 +42,29 @@ logger = logging.getLogger("slurm.launch")
 RECORDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list (``gpu[001-003,007],login1``) as host names, for nodes without scontrol."""
+    hosts, parts, depth, start = [], [], 0, 0
+    for i, ch in enumerate(nodelist + ","):  # split on commas outside brackets
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(nodelist[start:i])
+            start = i + 1
+    for part in filter(None, parts):
+        match = re.match(r"^([^\[]*)\[([^\]]*)\](.*)$", part)
+        if match is None:
+            hosts.append(part)
+            continue
+        prefix, ranges, rest = match.groups()
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            for number in range(int(low), int(high or low) + 1):
+                hosts += [f"{prefix}{number:0{len(low)}d}{tail}" for tail in expand_nodelist(rest) or [""]]
+    return hosts
+
+
 def first_host(nodelist: str) -> str:
-    """First host of SLURM_JOB_NODELIST, expanded by SLURM itself."""
+    """First host of SLURM_JOB_NODELIST, expanded by SLURM itself where scontrol is on PATH."""
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                              timeout=30, check=True).stdout.split()
@@ -46,8 +72,7 @@ def first_host(nodelist: str) -> str:
             return out[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    from submitit.slurm.slurm import _parse_node_list  # hosts without scontrol on PATH
-    return _parse_node_list(nodelist)[0]
+    return expand_nodelist(nodelist)[0]
 
 
 def slurm_context(environ: dict[str, str]) -> NodeContext:
@@ -85,10 +110,12 @@ def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
 
 
 def history(spec: JobSpec, job_id: str, *, before: str) -> list[dict]:
+    """Outcomes of the run's earlier attempts: this job's and those of the jobs it was resubmitted for."""
+    chain = attempts.lineage(Path(spec.job_dir), job_id)
     outcomes = []
     for folder in attempts.attempt_dirs(Path(spec.job_dir)):
         record = runfolder.read_json(folder / "attempt.json")
-        if folder.name.partition(".")[0] == job_id and folder.name != before and record and record.get("outcome"):
+        if folder.name.partition(".")[0] in chain and folder.name != before and record and record.get("outcome"):
             outcomes.append(record["outcome"])
     return outcomes
 
@@ -206,7 +233,7 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
 # --- end -----------------------------------------------------------------------------------------------------
 
 def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_signal: str, *,
-           job_info: dict[str, str]) -> attempts.Evidence:
+           job_info: dict[str, str], restart_count: int = 0) -> attempts.Evidence:
     """What one attempt left behind: node records, the trainer's markers, SLURM's view of the job."""
     record = runfolder.read_json(folder / "attempt.json") or {"started": 0.0}
     output = Path(spec.output_dir)
@@ -217,37 +244,128 @@ def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_
         complete_marker=runfolder.read_marker(output, runfolder.COMPLETE_MARKER, record["started"]),
         preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
         end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s,
+        slurm_requeued=attempts.slurm_requeued(job_info, restart_count) if job_info else False,
         cancel_requested=runfolder.read_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
         is not None)
 
 
-def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,
-        requeue=attempts.requeue) -> tuple[int, dict]:
-    """Classify this attempt, record it, requeue if warranted. Returns (exit code, outcome)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own requeue sends SIGTERM to this batch shell
+def bring_back(spec: JobSpec, node: NodeContext, kind: str, job_info: dict[str, str], requeue) -> str:
+    """Requeue the job; where the partition cancels preempted jobs, or SLURM refuses the requeue, submit a new job
+    on the same job folder instead (same spec, same budgets). Returns what was done."""
+    partition = job_info.get("Partition") or spec.partition
+    if kind == attempts.PREEMPTED and attempts.cancels_preempted(partition):
+        why = f"partition {partition} cancels preempted jobs (PreemptMode=CANCEL)"
+    else:
+        error = requeue(node.job_id)
+        if error is None:
+            return f"requeued job {node.job_id}"
+        why = f"scontrol requeue {node.job_id} failed: {error}"
+    new_id = attempts.resubmit(Path(spec.job_dir), node.job_id, cwd=spec.root)
+    return f"resubmitted as job {new_id} ({why})"
+
+
+def close(spec: JobSpec, node: NodeContext, outcome: attempts.Outcome, job_info: dict[str, str], *, requeue,
+          by: str) -> dict:
+    """Within the budget of its kind, bring the run back; record the attempt's outcome. Returns the record's
+    outcome (an attempt another process already closed keeps that process's record)."""
     folder = command.attempt_dir(spec, node)
-    outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal,
-                                       job_info=attempts.scontrol_job(node.job_id)))
+    if (not outcome.requeue and outcome.kind == attempts.PREEMPTED and "cancelled by the user" not in outcome.detail
+            and attempts.cancels_preempted(job_info.get("Partition") or spec.partition)):
+        outcome.requeue, outcome.detail = True, f"{outcome.detail}; the partition cancels preempted jobs"
     if outcome.requeue:
         earlier = history(spec, node.job_id, before=node.attempt_id)
         reason = attempts.over_budget(earlier + [{"kind": outcome.kind}], _limits(spec))
         if reason:
             outcome.requeue, outcome.detail = False, f"{outcome.detail}; not requeued: {reason}"
+    if outcome.requeue:
+        if not attempts.take_requeue(folder):  # the other one got there first: its record stands
+            return _wait_for_outcome(folder)
+        try:
+            outcome.detail = f"{outcome.detail}; {bring_back(spec, node, outcome.kind, job_info, requeue)} by {by}"
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            outcome.requeue, outcome.detail = False, f"{outcome.detail}; could not bring it back: {error}"
     record = runfolder.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
     record["outcome"] = attempts.outcome_dict(outcome)
     runfolder.write_json_atomic(folder / "attempt.json", record)
-    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) else logger.info
+    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) or (
+        outcome.requeue is False and "could not" in outcome.detail) else logger.info
     log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
-    if outcome.requeue:
-        error = requeue(node.job_id)
-        if error:
-            logger.error("scontrol requeue %s failed: %s", node.job_id, error)
-            return 1, record["outcome"]
-        logger.info("requeued job %s", node.job_id)
+    return record["outcome"]
+
+
+def _wait_for_outcome(folder: Path, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = runfolder.read_json(folder / "attempt.json") or {}
+        if record.get("outcome"):
+            return record["outcome"]
+        time.sleep(0.2)
+    return {"kind": "unknown", "detail": "another process is bringing this attempt back", "requeue": True}
+
+
+class RequeueWatcher:
+    """Node 0's launcher, while training runs: as soon as the trainer's ``requeue.json`` of this attempt is
+    committed, classify the attempt and bring the job back from inside the running job (as submitit and Lightning
+    do). A teardown that hangs, or a save that ends near the time limit, then cannot turn into a final TIMEOUT:
+    SLURM never requeues a timed-out job by itself. The batch shell's ``end`` only records what happened."""
+
+    def __init__(self, spec: JobSpec, node: NodeContext, *, every: float = 1.0):
+        self.spec, self.node, self.every = spec, node, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="requeue-watcher", daemon=True)
+
+    def start(self) -> "RequeueWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """After the training processes exited: one last look (the marker may have come since the last poll)."""
+        self._stop.set()
+        self._thread.join()
+        self.check()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            if self.check():
+                return
+
+    def check(self) -> bool:
+        """True once there is nothing left to do (the attempt is closed, or SLURM handles it)."""
+        folder = command.attempt_dir(self.spec, self.node)
+        record = runfolder.read_json(folder / "attempt.json")
+        if record is None or record.get("outcome") is not None or (folder / "requeue.lock").exists():
+            return record is not None
+        marker = runfolder.read_marker(Path(self.spec.output_dir), runfolder.REQUEUE_MARKER, record["started"])
+        if marker is None or marker.get("attempt") not in (None, self.node.attempt_id):
+            return False
+        own = runfolder.read_json(folder / f"node{self.node.node_rank}.json") or {}
+        # SIGTERM reached this step: SLURM itself ends the attempt (scontrol requeue, preemption, scancel).
+        batch_signal = "TERM" if any(s["name"] == "TERM" for s in own.get("signals", [])) else ""
+        job_info = attempts.scontrol_job(self.node.job_id)
+        outcome = attempts.classify(gather(self.spec, folder, self.node.num_nodes, 0, batch_signal,
+                                           job_info=job_info, restart_count=self.node.restart_count))
+        if outcome.requeue:
+            close(self.spec, self.node, outcome, job_info, requeue=attempts.requeue, by="node 0's launcher")
+        return True
+
+
+def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,
+        requeue=attempts.requeue) -> tuple[int, dict]:
+    """Record this attempt's outcome (node 0's launcher may already have closed it and brought the job back);
+    bring the job back if nobody did and the evidence asks for it. Returns (exit code, outcome)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue sends SIGTERM to this batch shell
+    folder = command.attempt_dir(spec, node)
+    record = runfolder.read_json(folder / "attempt.json") or {}
+    if record.get("outcome") is not None:
+        logger.info("attempt %s: %s — %s", node.attempt_id, record["outcome"]["kind"], record["outcome"]["detail"])
         return 0, record["outcome"]
-    if outcome.kind == attempts.COMPLETED:
-        return 0, record["outcome"]
-    return (srun_status or 1), record["outcome"]
+    job_info = attempts.scontrol_job(node.job_id)
+    outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal, job_info=job_info,
+                                       restart_count=node.restart_count))
+    closed = close(spec, node, outcome, job_info, requeue=requeue, by="the batch shell")
+    if closed.get("requeue") or closed["kind"] == attempts.COMPLETED:
+        return 0, closed
+    return (srun_status or 1), closed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "begin":
         return begin(spec, node)
     if args.step == "node":
-        return run_node(spec, node)
+        watcher = RequeueWatcher(spec, node).start() if node.node_rank == 0 else None
+        try:
+            return run_node(spec, node)
+        finally:
+            if watcher is not None:
+                watcher.stop()
     return end(spec, node, args.srun_status, args.batch_signal)[0]
 
 

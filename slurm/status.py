@@ -17,12 +17,8 @@ from slurm import spec as specs
 ERROR_LINES = 6
 
 
-def submitted(job_dir: Path) -> list[dict]:
-    return (runfolder.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
-
-
 def job_ids(job_dir: Path) -> list[str]:
-    listed = [j["job_id"] for j in submitted(job_dir)]
+    listed = [j["job_id"] for j in attempts.submitted_jobs(job_dir)]
     seen = [p.name.partition(".")[0] for p in attempts.attempt_dirs(job_dir)]
     return list(dict.fromkeys(listed + seen))
 
@@ -68,7 +64,7 @@ def status(job_dir: Path) -> dict:
             row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
         rows.append(row)
     output = Path(spec.output_dir)
-    local = {j["job_id"] for j in submitted(job_dir) if j.get("local")}
+    local = {j["job_id"] for j in attempts.submitted_jobs(job_dir) if j.get("local")}
     return {
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
         "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)

@@ -4,7 +4,9 @@ torchrun agent, gloo workers) but that trains nothing: a few floats change deter
 It honours the trainer's contract with the SLURM layer: the seed's flags, --resume_from_checkpoint latest,
 checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the real PreemptionHandler (signal
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
-STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step. Each rank writes
+STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE
+makes rank 0's signal-triggered save fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after
+committing it (a stuck teardown). Each rank writes
 where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
 
@@ -80,10 +82,14 @@ def main(argv: list[str]) -> int:
         if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
             path = save(output, step, weights)
         if handler.stop_requested() and step < cfg.max_train_steps:
+            if os.environ.get("STANDIN_FAIL_SIGNAL_SAVE") and distributed.is_main():
+                raise OSError(28, "No space left on device (stand-in: the signal-triggered save fails)")
             path = path if step % cfg.checkpointing_steps == 0 else save(output, step, weights)
             if distributed.is_main():
                 handler.write_requeue_marker(output, step, path)
             logger.info("saved at step %d after %s; exiting for requeue", step, handler.received)
+            if distributed.is_main():  # a teardown that hangs after the save (a stuck NCCL/gloo shutdown)
+                time.sleep(float(os.environ.get("STANDIN_HANG_AFTER_SAVE_S", "0")))
             return signals.REQUEUE_EXIT_CODE
     if distributed.is_main():
         (output / "final_weights.json").write_text(json.dumps({"step": step, "weights": weights}))

@@ -91,9 +91,34 @@ def test_missing_node_records_mean_node_failure_and_a_requeue():
     assert "[1]" in out.detail
 
 
-def test_signal_without_a_committed_save_requeues_from_the_last_periodic_checkpoint():
+def test_a_crash_after_a_signal_without_a_committed_save_is_a_crash_not_a_preemption():
+    # OOM or a full disk during the signal-triggered save: the ranks exit, requeue.json never appears.
     out = classify(evidence(nodes=signalled()))
-    assert (out.kind, out.requeue) == ("preempted", True) and "no checkpoint committed" in out.detail
+    assert (out.kind, out.requeue) == ("crashed", False) and "save failed" in out.detail
+
+
+def test_a_lost_node_is_a_node_failure_even_when_its_peers_crashed_on_losing_it():
+    out = classify(evidence(nodes=[node(0, 1), node(1, exit_code=None)], srun_status=1))
+    assert (out.kind, out.requeue) == ("node_failure", True)
+
+
+def test_we_never_requeue_on_top_of_slurms_own_node_failure_requeue():
+    lost = [node(0, 1, (("TERM", T0 + 60),)), node(1, exit_code=None)]
+    assert classify(evidence(nodes=lost, batch_signal="TERM")).requeue is False
+    out = classify(evidence(nodes=[node(0, 1), node(1, exit_code=None)], slurm_requeued=True))
+    assert (out.kind, out.requeue) == ("node_failure", False) and "SLURM requeues it itself" in out.detail
+    assert attempts.slurm_requeued({"JobState": "RUNNING", "Restarts": "2"}, restart_count=1)
+    assert attempts.slurm_requeued({"JobState": "PENDING", "Restarts": "0"}, restart_count=0)
+    assert not attempts.slurm_requeued({"JobState": "RUNNING", "Restarts": "1"}, restart_count=1)
+
+
+def test_a_resubmitted_job_shares_the_budgets_of_the_jobs_before_it(tmp_path):
+    attempts.record_job(tmp_path, "10", local=False)
+    attempts.record_job(tmp_path, "11", local=False)
+    attempts.record_job(tmp_path, "12", local=False, resubmit_of="10")
+    attempts.record_job(tmp_path, "13", local=False, resubmit_of="12")
+    assert attempts.lineage(tmp_path, "13") == {"10", "12", "13"}
+    assert attempts.lineage(tmp_path, "11") == {"11"}
 
 
 def test_scancel_is_a_cancellation():
