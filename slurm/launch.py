@@ -32,8 +32,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script on the nodes: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easyanimate import runfolder  # noqa: E402
-from slurm import attempts, command, nccl  # noqa: E402
+from easyanimate import redact, runfolder  # noqa: E402
+from slurm import attempts, command, nccl, secrets  # noqa: E402
 from slurm import spec as specs  # noqa: E402
 from slurm.command import NodeContext  # noqa: E402
 from slurm.spec import JobSpec  # noqa: E402
@@ -196,7 +196,8 @@ def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
         logger.warning("NCCL: %s", warning)
     logger.info("node %d/%d on %s: master %s:%s, NCCL profile %r: %s", node.node_rank, node.num_nodes,
                 socket.gethostname(), node.master_addr, node.master_port, spec.nccl,
-                " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k not in os.environ or os.environ[k] != v))
+                " ".join(f"{k}={v}" for k, v in sorted(redact.mapping(env).items())
+                         if k not in os.environ or os.environ[k] != env[k]))
     return env
 
 
@@ -207,12 +208,12 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     env = node_environment(spec, node)
     argv = command.node_argv(spec, node)
     if spec.container == "apptainer":
-        command.env_file(spec, node).write_text(command.env_file_text(env))
+        redact.write_private(command.env_file(spec, node), command.env_file_text(env))  # may hold secrets
     record_path = folder / f"node{node.node_rank}.json"
     record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
-              "argv": argv, "signals": []}
+              "argv": redact.argv(argv), "signals": []}
     runfolder.write_json_atomic(record_path, record)
-    logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
+    logger.info("node %d runs: %s", node.node_rank, " ".join(redact.argv(argv)))
     # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
     # through exec; the trainer installs its own handlers, so only the training processes act on them.
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
@@ -355,14 +356,14 @@ def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *
     bring the job back if nobody did and the evidence asks for it. Returns (exit code, outcome)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue sends SIGTERM to this batch shell
     folder = command.attempt_dir(spec, node)
-    record = runfolder.read_json(folder / "attempt.json") or {}
-    if record.get("outcome") is not None:
-        logger.info("attempt %s: %s — %s", node.attempt_id, record["outcome"]["kind"], record["outcome"]["detail"])
-        return 0, record["outcome"]
-    job_info = attempts.scontrol_job(node.job_id)
-    outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal, job_info=job_info,
-                                       restart_count=node.restart_count))
-    closed = close(spec, node, outcome, job_info, requeue=requeue, by="the batch shell")
+    closed = (runfolder.read_json(folder / "attempt.json") or {}).get("outcome")
+    if closed is not None:  # node 0's launcher closed it already
+        logger.info("attempt %s: %s — %s", node.attempt_id, closed["kind"], closed["detail"])
+    else:
+        job_info = attempts.scontrol_job(node.job_id)
+        outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal,
+                                           job_info=job_info, restart_count=node.restart_count))
+        closed = close(spec, node, outcome, job_info, requeue=requeue, by="the batch shell")
     if closed.get("requeue") or closed["kind"] == attempts.COMPLETED:
         return 0, closed
     return (srun_status or 1), closed
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--srun-status", type=int, default=0)
     parser.add_argument("--batch-signal", default="")
     args = parser.parse_args(argv)
-    spec = specs.read(args.spec)
+    spec = secrets.reveal(specs.read(args.spec))
     node = slurm_context(dict(os.environ))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s [launch {args.step} node{node.node_rank}] %(levelname)s %(message)s")

@@ -81,3 +81,23 @@ def test_a_node_that_dies_mid_run_is_a_node_failure_and_the_run_resumes_to_the_e
     assert records[-1]["resume_from"]["step"] >= 40
     assert sj.runfolder.read_json(output / "complete.json")["step"] == 150
     assert sj.attempts.scontrol_job(job_id)["Restarts"] == str(len(records) - 1)  # one requeue per attempt, no more
+
+
+@pytest.mark.timeout(400)
+def test_a_partition_that_cancels_preempted_jobs_brings_the_run_back_by_resubmission(slurm_env, tmp_path):
+    spec, job_id = sj.submit(sj.standin_options(tmp_path / "job", partition="cancel", env={"STANDIN_STEP_S": "0.2"}),
+                             ["--max_train_steps=150", "--checkpointing_steps=50", "--seed=1"])
+    job_dir, output = Path(spec.job_dir), Path(spec.output_dir)
+    sj.wait_for(lambda: (output / "ranks" / "rank1.json").exists(), 120, "training to start")
+    sj.run("sbatch", "-p", "high", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 5")
+    jobs = sj.wait_for(lambda: (j := sj.attempts.submitted_jobs(job_dir)) and len(j) == 2 and j, 120,
+                       "the resubmission")
+    assert jobs[1]["resubmit_of"] == job_id
+    assert sj.wait_finished(jobs[1]["job_id"], 300) == "COMPLETED", sj.status_text(job_dir)
+    records = sj.attempt_records(job_dir)
+    first, last = records[0]["outcome"], records[-1]["outcome"]
+    assert first["kind"] == "preempted" and "PreemptMode=CANCEL" in first["detail"], sj.status_text(job_dir)
+    assert f"resubmitted as job {jobs[1]['job_id']}" in first["detail"]
+    assert last["kind"] == "completed" and records[-1]["resume_from"]["step"] == first["step"] > 0
+    assert sj.runfolder.read_json(output / "complete.json")["step"] == 150
+    assert sj.attempts.scontrol_job(job_id).get("Restarts", "0") == "0"  # not requeued: a new job instead
