@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from easyanimate import runfolder
-from easyanimate import sizing
-from slurm import attempts, command, render, resources, training
+from easyanimate import redact, sizing
+from slurm import attempts, command, render, resources, secrets, training
 from slurm import spec as specs
 from slurm.command import NodeContext
 from slurm.spec import JobSpec, SpecError
@@ -203,7 +203,7 @@ def example_node(spec: JobSpec, node_rank: int = 0) -> NodeContext:
 
 
 def node_command_text(spec: JobSpec, node_rank: int = 0) -> str:
-    return shlex.join(command.node_argv(spec, example_node(spec, node_rank)))
+    return shlex.join(redact.argv(command.node_argv(spec, example_node(spec, node_rank))))
 
 
 def resources_text(spec: JobSpec) -> str:
@@ -226,7 +226,7 @@ def dry_run_text(spec: JobSpec, warnings: list[str] = ()) -> str:
              f"# ---- resources: {resources_text(spec)}",
              f"# ---- {lead_time_line(spec, measured_save_s(Path(spec.job_dir)))}", "",
              f"# ---- training environment (NCCL profile {spec.nccl!r}; logged again inside the container) ----",
-             *(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
+             *(f"{k}={shlex.quote(v)}" for k, v in sorted(redact.mapping(env).items()))]
     lines += [f"# warning: {w}" for w in [*warnings, *resource_notes(spec)]]
     return "\n".join(lines) + "\n"
 
@@ -243,7 +243,8 @@ def submit(spec: JobSpec) -> str:
         raise SpecError("not submitted, the job would fail after the queue:\n  " + "\n  ".join(missing))
     job_dir = Path(spec.job_dir)
     render.log_folder(spec).mkdir(parents=True, exist_ok=True)  # sbatch opens --output before the script runs
-    (job_dir / "job.json").write_text(specs.to_json(spec))
+    (job_dir / "job.json").write_text(specs.to_json(secrets.shown(spec)))
+    secrets.write(spec)
     script = job_dir / "submission.sbatch"
     script.write_text(render.sbatch_script(spec))
     done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=spec.root)
@@ -270,6 +271,7 @@ class LocalJob:
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                             format="%(asctime)s [launch local] %(levelname)s %(message)s")
+        self.spec = secrets.reveal(self.spec)
         job_id = submitit.JobEnvironment().job_id
         restart = sum(1 for p in attempts.attempt_dirs(Path(self.spec.job_dir)) if p.name.startswith(f"{job_id}."))
         node = NodeContext(job_id=job_id, num_nodes=1, node_rank=0, master_addr="127.0.0.1",
@@ -292,13 +294,14 @@ def run_local(spec: JobSpec) -> dict:
     if spec.nodes != 1:
         raise SpecError(f"--local runs on this machine only: --nodes must be 1, got {spec.nodes}.")
     Path(spec.job_dir).mkdir(parents=True, exist_ok=True)
-    (Path(spec.job_dir) / "job.json").write_text(specs.to_json(spec))
+    (Path(spec.job_dir) / "job.json").write_text(specs.to_json(secrets.shown(spec)))
+    secrets.write(spec)
     # submitit unpickles LocalJob in a fresh interpreter: it must find this package.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     executor = submitit.LocalExecutor(folder=render.log_folder(spec) / "local")
     executor.update_parameters(timeout_min=max(1, spec.time_s // 60), signal_delay_s=spec.signal_lead_s,
                                tasks_per_node=1, nodes=1, gpus_per_node=spec.gpus_per_node)
-    job = executor.submit(LocalJob(spec))
+    job = executor.submit(LocalJob(secrets.shown(spec)))  # pickled into the log folder: no secrets in it
     attempts.record_job(Path(spec.job_dir), str(job.job_id), local=True)
     logger.info("local job %s: logs in %s and %s", job.job_id, job.paths.stdout, job.paths.stderr)
     return job.result()

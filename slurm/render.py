@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from slurm import resources
+from slurm import resources, secrets
 from slurm import spec as specs
 from slurm.spec import JobSpec
 
@@ -44,7 +44,7 @@ def setup_lines(spec: JobSpec) -> list[str]:
         f"JOB_DIR={shlex.quote(spec.job_dir)}",
         'mkdir -p "$JOB_DIR"',
         f"cat > \"$JOB_DIR/job.json\" <<'{HEREDOC}'",
-        *specs.to_json(spec).splitlines(),
+        *specs.to_json(secrets.shown(spec)).splitlines(),  # secrets: JOB_DIR/secrets.json (0600) only
         HEREDOC,
         "# SIGTERM here means SLURM itself ends or requeues this attempt (scontrol requeue, preemption, scancel,",
         "# time limit): note it, let the steps finish their save, and never requeue on top of SLURM.",

@@ -23,10 +23,29 @@ def job_ids(job_dir: Path) -> list[str]:
     return list(dict.fromkeys(listed + seen))
 
 
+def sacct_job(job_id: str) -> dict[str, str]:
+    """The job's allocation line from accounting (``sacct``), for jobs slurmctld has forgotten (MinJobAge);
+    empty when accounting is off or does not know the job."""
+    try:
+        done = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,NodeList,ExitCode,End"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        fields = line.split("|")
+        if len(fields) == 5 and fields[0] == job_id:
+            return dict(zip(("JobID", "State", "NodeList", "ExitCode", "End"), fields))
+    return {}
+
+
 def slurm_state(job_id: str) -> dict[str, str]:
     info = attempts.scontrol_job(job_id)
     if not info:
-        return {"state": "unknown to SLURM (finished long ago, or not a SLURM job)"}
+        old = sacct_job(job_id)
+        if old:  # "CANCELLED by 0" -> "CANCELLED"
+            return {"state": f"{old['State'].split()[0]} (from sacct: slurmctld no longer holds the job; ended "
+                             f"{old['End']}, exit {old['ExitCode']})", "nodes": old["NodeList"]}
+        return {"state": "unknown to SLURM (finished long ago, or not a SLURM job; sacct has no record)"}
     return {"state": info.get("JobState", "?"), "restarts": info.get("Restarts", "0"),
             "reason": info.get("Reason", ""), "nodes": info.get("NodeList", "")}
 

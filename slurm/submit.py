@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, get_args, get_type_hints
@@ -35,9 +36,12 @@ LIST_FLAGS = {"binds": ("--bind", "SRC[:DST[:ro]]"), "sbatch": ("--sbatch", "KEY
 
 
 def _key_value(text: str) -> tuple[str, str]:
+    """--env K=V, or --env K to take K's value from this shell (keeps secrets out of shell history and ps)."""
     key, sep, value = text.partition("=")
     if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(f"--env {key}: not set in this shell; export it or pass {key}=VALUE")
+        value = os.environ[key]
     return key, value
 
 
@@ -51,7 +55,7 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.name == "env":
-            parser.add_argument(flag, action="append", type=_key_value, metavar="K=V", **kwargs)
+            parser.add_argument(flag, action="append", type=_key_value, metavar="K[=V]", **kwargs)
         elif f.name in LIST_FLAGS:
             parser.add_argument(LIST_FLAGS[f.name][0], action="append", metavar=LIST_FLAGS[f.name][1], **kwargs)
         else:
@@ -63,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slurm/submit.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--job", help=f"Job file (configs/jobs/NAME.yaml); default {DEFAULT_JOB}, the seed's V5.1 "
-                        "control training with DeepSpeed ZeRO-2.")
+                        "control training with DeepSpeed ZeRO-2; 'none': no job file.")
     parser.add_argument("--dry-run", action="store_true", help="Print the script and command; submit nothing.")
     parser.add_argument("--local", action="store_true", help="Run here through submitit's local executor.")
     parser.add_argument("--template", action="store_true", help="Print the job file's script with paths "
@@ -89,6 +93,8 @@ def submit_main(argv: list[str]) -> int:
         if job_file is None:
             job_file = str(REPO / DEFAULT_JOB)
             logging.info("no --job given: the seed's V5.1 DeepSpeed ZeRO-2 job (%s)", DEFAULT_JOB)
+        elif job_file == "none":  # every option from the command line
+            job_file = None
         if template:
             sys.stdout.write(render.sbatch_script(jobs.build_spec(args, job_file=job_file, extra=extra,
                                                                   template=True)))

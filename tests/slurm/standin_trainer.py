@@ -10,6 +10,7 @@ committing it (a stuck teardown). Each rank writes
 where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from easyanimate import distributed, runfolder
+from easyanimate import distributed, redact, runfolder
 from easyanimate.config import parse_args
 from easyanimate.training import signals
 
@@ -60,7 +61,11 @@ def main(argv: list[str]) -> int:
     output.mkdir(parents=True, exist_ok=True)
     signals.clear_requeue_marker(output)
     handler = signals.PreemptionHandler().install()
-    where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": argv,
+    # Like the trainer's config dump: no secret in a file others may read; digests prove the values arrived.
+    digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in [*os.environ.items(), ("hub_token", cfg.hub_token)]
+               if redact.is_secret(k, v)}
+    where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": redact.argv(argv),
+             "secret_digests": digests,
              "node": os.environ.get("SLURM_NODEID"), "restart": os.environ.get("SLURM_RESTART_COUNT")}
     (output / "ranks").mkdir(exist_ok=True)
     (output / "ranks" / f"rank{distributed.rank()}.json").write_text(json.dumps(where))

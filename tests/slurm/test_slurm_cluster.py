@@ -42,7 +42,7 @@ def test_sbatch_accepts_every_rendered_script(slurm_env, tmp_path):
 @pytest.mark.timeout(240)
 def test_two_node_job_gets_distinct_machine_ranks_and_hostile_values_intact(slurm_env, tmp_path):
     job_dir = tmp_path / "dir with space $HOME 'q' %j"
-    argv = [sys.executable, "slurm/submit.py", "--name", HOSTILE_NAME, "--job-dir", str(job_dir), "--nodes", "2",
+    argv = [sys.executable, "slurm/submit.py", "--job", "none", "--name", HOSTILE_NAME, "--job-dir", str(job_dir), "--nodes", "2",
             "--gpus-per-node", "0", "--container", "none", "--mixed-precision", "no", "--entry", sj.STANDIN,
             "--time", "10:00", "--signal-lead-s", "60", "--", "--max_train_steps=4", "--checkpointing_steps=2",
             "--seed=1", "--validation_prompts", HOSTILE_PROMPT]
