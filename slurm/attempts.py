@@ -152,14 +152,18 @@ def node_records(attempt: Path) -> list[dict]:
 
 # --- SLURM's view --------------------------------------------------------------------------------------------
 
-def scontrol_job(job_id: str) -> dict[str, str]:
-    """``scontrol show job -o`` as a dict (empty when SLURM does not know the job, or is absent)."""
+def _scontrol_show(entity: str, name: str) -> dict[str, str]:
+    """``scontrol show ENTITY -o NAME`` as a dict (empty when SLURM does not know it, or is absent)."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+        out = subprocess.run(["scontrol", "show", entity, "-o", name], capture_output=True, text=True,
                              timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    return _scontrol_show("job", job_id)
 
 
 def slurm_time(value: Optional[str]) -> Optional[float]:
@@ -182,15 +186,7 @@ def slurm_requeued(job_info: dict[str, str], restart_count: int) -> bool:
 
 
 def partition_info(partition: Optional[str]) -> dict[str, str]:
-    """``scontrol show partition -o`` as a dict (empty when unknown)."""
-    if not partition:
-        return {}
-    try:
-        out = subprocess.run(["scontrol", "show", "partition", "-o", partition], capture_output=True, text=True,
-                             timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return dict(re.findall(r"(\w+)=(\S*)", out))
+    return _scontrol_show("partition", partition) if partition else {}
 
 
 def cancels_preempted(partition: Optional[str]) -> bool:

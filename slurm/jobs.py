@@ -124,15 +124,8 @@ def measured_save_s(job_dir: Path) -> float | None:
 
 
 def partition_grace_s(partition: str | None) -> int | None:
-    if not partition:
-        return None
-    try:
-        out = subprocess.run(["scontrol", "show", "partition", "-o", partition], capture_output=True, text=True,
-                             timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"\bGraceTime=(\d+)", out)
-    return int(match.group(1)) if match else None
+    grace = attempts.partition_info(partition).get("GraceTime", "")
+    return int(grace) if grace.isdigit() else None
 
 
 def lead_time_warnings(spec: JobSpec, measured: float | None, grace: int | None) -> list[str]:

@@ -241,3 +241,27 @@ def test_a_stale_process_of_an_older_attempt_is_refused_when_it_commits(tmp_path
     after = {p.name for p in runfolder.committed_checkpoints(output)}
     assert len(after - before) <= 1  # at most the one commit already past its fence check at the claim
     assert runfolder.current_attempt(output) == "5.1"
+
+
+def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_path, monkeypatch):
+    import os
+
+    from slurm import launch
+    from slurm.command import NodeContext
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/sbatch_args\nenv > {tmp_path}/sbatch_env\n"
+                                    "echo '99;cluster'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    spec = folder_spec(tmp_path)
+    attempts.record_job(Path(spec.job_dir), "42", local=False)
+    how = launch.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042"), "timed_out", {},
+                            requeue=lambda job: "Requested operation is presently disabled")
+    assert how.startswith("resubmitted as job 99 (scontrol requeue 42 failed: Requested operation")
+    assert (tmp_path / "sbatch_args").read_text().split() == ["--parsable", f"{spec.job_dir}/submission.sbatch"]
+    assert "SLURM_JOB_ID=" not in (tmp_path / "sbatch_env").read_text()  # not taken for the new job's options
+    assert attempts.submitted_jobs(Path(spec.job_dir))[-1] == {**attempts.submitted_jobs(Path(spec.job_dir))[-1],
+                                                               "job_id": "99", "resubmit_of": "42"}
+    assert attempts.lineage(Path(spec.job_dir), "99") == {"42", "99"}

@@ -30,7 +30,11 @@ def test_sbatch_accepts_every_rendered_script(slurm_env, tmp_path):
     hostile = sj.standin_options(tmp_path / "dir with space $HOME 'q' %j", name=HOSTILE_NAME)
     scripts["hostile"] = render.sbatch_script(jobs.build_spec(hostile, extra=["--validation_prompts", HOSTILE_PROMPT],
                                                               cwd=REPO))
-    assert len(scripts) == 6
+    site = sj.standin_options(tmp_path / "site", exclude="node4", mail_type="END,FAIL", mail_user="root@localhost",
+                              sbatch=["comment=site pass-through", "overcommit"], srun_args=["--mpi=none"],
+                              setup=["module purge 2>/dev/null || true"], dependency="singleton")
+    scripts["site"] = render.sbatch_script(jobs.build_spec(site, cwd=REPO))
+    assert len(scripts) == 7
     for name, text in scripts.items():
         path = tmp_path / f"{len(name)}.sbatch"
         path.write_text(text)
