@@ -272,7 +272,7 @@ class LocalJob:
         if launch.begin(self.spec, node) != 0:
             raise RuntimeError(f"attempt {node.attempt_id} refused: retry budget exhausted (see status)")
         status = launch.run_node(self.spec, node, forward_signals=True)
-        code, outcome = launch.end(self.spec, node, status, "", requeue=lambda _job: None)
+        code, outcome = launch.end(self.spec, node, status, "", requeue_job=lambda _job: None)
         if outcome["requeue"]:
             sys.exit(LOCAL_REQUEUE_RETURN_CODE)
         if code != 0:

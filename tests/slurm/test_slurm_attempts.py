@@ -246,7 +246,7 @@ def test_a_stale_process_of_an_older_attempt_is_refused_when_it_commits(tmp_path
 def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_path, monkeypatch):
     import os
 
-    from slurm import launch
+    from slurm import requeue
     from slurm.command import NodeContext
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -257,7 +257,7 @@ def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_pat
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     spec = folder_spec(tmp_path)
     attempts.record_job(Path(spec.job_dir), "42", local=False)
-    how = launch.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042"), "timed_out", {},
+    how = requeue.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042"), "timed_out", {},
                             requeue=lambda job: "Requested operation is presently disabled")
     assert how.startswith("resubmitted as job 99 (scontrol requeue 42 failed: Requested operation")
     assert (tmp_path / "sbatch_args").read_text().split() == ["--parsable", f"{spec.job_dir}/submission.sbatch"]
