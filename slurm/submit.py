@@ -52,7 +52,7 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag, hint = "--" + f.name.replace("_", "-"), HINTS[f.name]
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
-        if hint is bool:
+        if hint in (bool, Optional[bool]):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.name == "env":
             parser.add_argument(flag, action="append", type=_key_value, metavar="K[=V]", **kwargs)

@@ -79,6 +79,12 @@ def test_submit_names_every_missing_input_before_sbatch(tmp_path):
     assert not (tmp_path / "job" / "submission.sbatch").exists()
 
 
+def test_exclusive_is_a_switch_both_ways():
+    assert site_spec(["--no-exclusive"]).exclusive is False
+    assert jobs.build_spec({"image": "/i.sif", "nodes": 1, "exclusive": True}, job_file=str(V51_DS), cwd=REPO).exclusive
+    assert site_spec([]).exclusive is True  # 4 nodes: whole nodes by default
+
+
 def test_the_default_job_is_the_seeds_v51_zero2_job():
     assert Path(REPO / submit.DEFAULT_JOB) == V51_DS
 
