@@ -7,7 +7,7 @@
   slurmstepd sends them to every process of the step itself.
 - while training runs, node 0's launcher watches the run folder: once the trainer's requeue marker proves the
   checkpoint was committed by every rank, it requeues the job from inside (or resubmits it where the partition
-  cancels preempted jobs or refuses the requeue), within the budget of its kind.
+  cancels preempted jobs or refuses the requeue), within the budget of its kind (slurm/requeue.py).
 - ``end`` (batch shell, after srun): records the attempt's outcome; it brings the job back only if node 0 did
   not (a node failure SLURM does not handle itself). Crashes are never requeued; SLURM's own requeues never twice.
 
