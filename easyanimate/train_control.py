@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a file by `accelerate launch easyanimate
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from easyanimate import config as config_mod  # noqa: E402
-from easyanimate import distributed  # noqa: E402
+from easyanimate import distributed, redact  # noqa: E402
 from easyanimate.logs import setup_logging  # noqa: E402
 
 logger = logging.getLogger("easyanimate.train_control")
@@ -27,7 +27,7 @@ def write_config_dump(cfg: config_mod.TrainConfig, model_layout: str) -> None:
     if distributed.is_main():
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        dump = config_mod.to_dict(cfg) | {"detected": {"model_layout": model_layout}}
+        dump = redact.mapping(config_mod.to_dict(cfg)) | {"detected": {"model_layout": model_layout}}  # --hub_token
         (out / "config.json").write_text(json.dumps(dump, indent=2, sort_keys=True))
 
 

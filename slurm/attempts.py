@@ -10,6 +10,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -53,6 +54,13 @@ class Evidence:
     end_time: Optional[float] = None                   # SLURM's EndTime (time limit) for this attempt
     cancel_requested: bool = False                     # `submit.py cancel` ran during this attempt
     signal_lead_s: int = 0
+    slurm_requeued: bool = False                       # SLURM already requeued the job (node failure, requeue)
+
+    @property
+    def slurm_ends_it(self) -> bool:
+        """SLURM itself is ending this attempt (SIGTERM to the batch shell) or has requeued it already: we never
+        requeue on top."""
+        return self.batch_signal == "TERM" or self.slurm_requeued
 
 
 def _first_signal(nodes: list[dict]) -> Optional[dict]:
@@ -85,30 +93,34 @@ def classify(ev: Evidence) -> Outcome:
         latency = round(marker["time"] - signal_time, 3) if signal_time else None
         saved = f"{marker.get('signal')} ({why}) -> checkpoint at step {marker.get('step')} committed by every rank"
         common = dict(step=marker.get("step"), checkpoint=marker.get("checkpoint"), save_latency_s=latency)
-        if ev.batch_signal == "TERM":
+        if ev.slurm_ends_it:
             return Outcome(kind, f"{saved}; SLURM itself is ending this attempt and requeues it unless it was "
                            "cancelled", **common)
         return Outcome(kind, saved, requeue=True, **common)
+    # A node that neither exited nor heard a signal died without being told (a node killed after SLURM's
+    # KillWait still recorded the signal that preceded it); the other nodes' errors follow from losing a peer.
+    reported = {n["node_rank"]: n for n in ev.nodes}
+    silent = [r for r in range(ev.expected_nodes)
+              if r not in reported or ("exit_code" not in reported[r] and not reported[r].get("signals"))]
+    if silent:
+        by = "; SLURM requeues it itself" if ev.slurm_ends_it else ""
+        return Outcome(NODE_FAILURE, f"node(s) {silent} never reported an exit: died or lost{by}",
+                       requeue=not ev.slurm_ends_it)
     finished = [n for n in ev.nodes if "exit_code" in n]
     crashed = [n for n in finished if n["exit_code"] != 0 and not n.get("signals")]
     if crashed:
         n = crashed[0]
         return Outcome(CRASHED, f"node {n['node_rank']} ({n.get('hostname')}) exited {n['exit_code']} without "
                        "a preemption signal; not requeued (see its log)")
-    # A node that neither exited nor heard a signal died without being told (a node killed after SLURM's
-    # KillWait still recorded the signal that preceded it).
-    reported = {n["node_rank"]: n for n in ev.nodes}
-    silent = [r for r in range(ev.expected_nodes)
-              if r not in reported or ("exit_code" not in reported[r] and not reported[r].get("signals"))]
-    if silent:
-        return Outcome(NODE_FAILURE, f"node(s) {silent} never reported an exit: died or lost", requeue=True)
     if first is not None:
         kind, why = _interruption(ev, first["time"])
         if ev.batch_signal == "TERM":
             return Outcome(CANCELLED if kind == PREEMPTED and not ev.preempt_time else kind,
                            f"{first['name']} ({why}), then SIGTERM from SLURM before a checkpoint committed")
-        return Outcome(kind, f"{first['name']} ({why}) but no checkpoint committed; resumes from the last "
-                       "periodic one", requeue=True)
+        # The training processes ended on their own after the signal, yet no requeue.json: the save itself failed
+        # (out of memory, disk full, a bug). Requeuing would repeat it from an older checkpoint, forever.
+        return Outcome(CRASHED, f"{first['name']} ({why}), then training ended without committing its save "
+                       "(no requeue.json): the save failed; not requeued (see the log)")
     if ev.batch_signal == "TERM":
         return Outcome(CANCELLED, "SIGTERM from SLURM (scancel or time limit) before training reacted")
     return Outcome(CRASHED, f"training stopped (srun exit {ev.srun_status}) without reaching its last step")
@@ -140,14 +152,18 @@ def node_records(attempt: Path) -> list[dict]:
 
 # --- SLURM's view --------------------------------------------------------------------------------------------
 
-def scontrol_job(job_id: str) -> dict[str, str]:
-    """``scontrol show job -o`` as a dict (empty when SLURM does not know the job, or is absent)."""
+def _scontrol_show(entity: str, name: str) -> dict[str, str]:
+    """``scontrol show ENTITY -o NAME`` as a dict (empty when SLURM does not know it, or is absent)."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+        out = subprocess.run(["scontrol", "show", entity, "-o", name], capture_output=True, text=True,
                              timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    return _scontrol_show("job", job_id)
 
 
 def slurm_time(value: Optional[str]) -> Optional[float]:
@@ -159,6 +175,35 @@ def slurm_time(value: Optional[str]) -> Optional[float]:
         return None
 
 
+# States in which SLURM has already put the job back in the queue (after a node failure, scontrol requeue, ...).
+SLURM_REQUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "NODE_FAIL")
+
+
+def slurm_requeued(job_info: dict[str, str], restart_count: int) -> bool:
+    """SLURM has requeued this job since the attempt ``restart_count`` started."""
+    restarts = job_info.get("Restarts", "0")
+    return (restarts.isdigit() and int(restarts) > restart_count) or job_info.get("JobState") in SLURM_REQUEUED_STATES
+
+
+def partition_info(partition: Optional[str]) -> dict[str, str]:
+    return _scontrol_show("partition", partition) if partition else {}
+
+
+def cancels_preempted(partition: Optional[str]) -> bool:
+    """The partition ends preempted jobs for good (PreemptMode=CANCEL) instead of requeuing them."""
+    return partition_info(partition).get("PreemptMode", "").upper().startswith("CANCEL")
+
+
+def take_requeue(attempt: Path) -> bool:
+    """Exactly one process (node 0's launcher or the batch shell) brings an attempt back: the first to create
+    the attempt's ``requeue.lock``."""
+    try:
+        os.close(os.open(Path(attempt) / "requeue.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        return True
+    except FileExistsError:
+        return False
+
+
 def requeue(job_id: str) -> Optional[str]:
     """Ask SLURM to requeue the job; returns an error message or None."""
     try:
@@ -166,6 +211,47 @@ def requeue(job_id: str) -> Optional[str]:
     except (OSError, subprocess.SubprocessError) as error:
         return str(error)
     return None if done.returncode == 0 else (done.stderr or done.stdout).strip()
+
+
+def submission_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment for sbatch run from inside a job: without the job's own SLURM_* (sbatch would take some
+    of them as options), keeping SLURM_CONF."""
+    return {k: v for k, v in environ.items()
+            if not k.startswith(("SLURM_", "SRUN_", "SBATCH_")) or k == "SLURM_CONF"}
+
+
+def resubmit(job_dir: Path, job_id: str, *, cwd: str) -> str:
+    """A new job for the same job folder (same script, same spec, same budgets); returns its id."""
+    done = subprocess.run(["sbatch", "--parsable", str(Path(job_dir) / "submission.sbatch")], capture_output=True,
+                          text=True, timeout=120, cwd=cwd, env=submission_env(dict(os.environ)))
+    if done.returncode != 0:
+        raise RuntimeError(f"sbatch refused the resubmission: {(done.stderr or done.stdout).strip()}")
+    new_id = done.stdout.strip().split(";")[0]
+    record_job(Path(job_dir), new_id, local=False, resubmit_of=job_id)
+    return new_id
+
+
+def submitted_jobs(job_dir: Path) -> list[dict]:
+    return (runfolder.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
+
+
+def record_job(job_dir: Path, job_id: str, *, local: bool, resubmit_of: Optional[str] = None) -> None:
+    """job_dir/jobs.json lists every job submitted for this folder (status reads it); a resubmission names the
+    job it continues."""
+    entry = {"job_id": job_id, "local": local, "submitted": time.time()}
+    if resubmit_of is not None:
+        entry["resubmit_of"] = resubmit_of
+    runfolder.write_json_atomic(Path(job_dir) / "jobs.json", {"jobs": [*submitted_jobs(job_dir), entry]})
+
+
+def lineage(job_dir: Path, job_id: str) -> set[str]:
+    """This job and the jobs it was resubmitted for: one run, one set of retry budgets."""
+    parents = {j["job_id"]: j.get("resubmit_of") for j in submitted_jobs(job_dir)}
+    chain = {job_id}
+    while parents.get(job_id) and parents[job_id] not in chain:
+        job_id = parents[job_id]
+        chain.add(job_id)
+    return chain
 
 
 def outcome_dict(outcome: Outcome) -> dict:

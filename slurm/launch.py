@@ -5,8 +5,11 @@
 - ``node`` (one SLURM task per node): machine rank, MASTER_ADDR/PORT, NCCL environment, then the container and
   ``accelerate launch``; records the signals it saw and the exit code. Signals are not forwarded on SLURM:
   slurmstepd sends them to every process of the step itself.
-- ``end`` (batch shell, after srun): classify the attempt and requeue it only when the trainer's requeue marker
-  proves the checkpoint was committed by every rank, within the budget of its kind. Crashes are never requeued.
+- while training runs, node 0's launcher watches the run folder: once the trainer's requeue marker proves the
+  checkpoint was committed by every rank, it requeues the job from inside (or resubmits it where the partition
+  cancels preempted jobs or refuses the requeue), within the budget of its kind (slurm/requeue.py).
+- ``end`` (batch shell, after srun): records the attempt's outcome; it brings the job back only if node 0 did
+  not (a node failure SLURM does not handle itself). Crashes are never requeued; SLURM's own requeues never twice.
 
 Usage: ``python slurm/launch.py begin|node|end JOB_DIR/job.json [...]``.
 """
@@ -17,6 +20,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,8 +31,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script on the nodes: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easyanimate import runfolder  # noqa: E402
-from slurm import attempts, command, nccl  # noqa: E402
+from easyanimate import redact, runfolder  # noqa: E402
+from slurm import attempts, command, nccl, requeue, secrets  # noqa: E402
 from slurm import spec as specs  # noqa: E402
 from slurm.command import NodeContext  # noqa: E402
 from slurm.spec import JobSpec  # noqa: E402
@@ -37,8 +41,29 @@ logger = logging.getLogger("slurm.launch")
 RECORDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list (``gpu[001-003,007],login1``) as host names, for nodes without scontrol."""
+    hosts, parts, depth, start = [], [], 0, 0
+    for i, ch in enumerate(nodelist + ","):  # split on commas outside brackets
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(nodelist[start:i])
+            start = i + 1
+    for part in filter(None, parts):
+        match = re.match(r"^([^\[]*)\[([^\]]*)\](.*)$", part)
+        if match is None:
+            hosts.append(part)
+            continue
+        prefix, ranges, rest = match.groups()
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            for number in range(int(low), int(high or low) + 1):
+                hosts += [f"{prefix}{number:0{len(low)}d}{tail}" for tail in expand_nodelist(rest) or [""]]
+    return hosts
+
+
 def first_host(nodelist: str) -> str:
-    """First host of SLURM_JOB_NODELIST, expanded by SLURM itself."""
+    """First host of SLURM_JOB_NODELIST, expanded by SLURM itself where scontrol is on PATH."""
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                              timeout=30, check=True).stdout.split()
@@ -46,8 +71,7 @@ def first_host(nodelist: str) -> str:
             return out[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    from submitit.slurm.slurm import _parse_node_list  # hosts without scontrol on PATH
-    return _parse_node_list(nodelist)[0]
+    return expand_nodelist(nodelist)[0]
 
 
 def slurm_context(environ: dict[str, str]) -> NodeContext:
@@ -75,26 +99,13 @@ def _settle_previous(spec: JobSpec, node: NodeContext) -> None:
         if record.get("outcome") is not None and record["outcome"]["kind"] != attempts.CANCELLED:
             continue
         # SLURM's view has moved on to this attempt; the batch shell of that one got SIGTERM (or SIGKILL).
-        outcome = attempts.classify(gather(spec, folder, node.num_nodes, 0, "TERM", job_info={}))
+        outcome = attempts.classify(requeue.gather(spec, folder, node.num_nodes, 0, "TERM", job_info={}))
         if outcome.kind == attempts.CANCELLED:
             outcome.kind = attempts.PREEMPTED
         outcome.requeue, outcome.detail = False, f"requeued by SLURM: {outcome.detail}"
         record["outcome"] = attempts.outcome_dict(outcome)
         runfolder.write_json_atomic(folder / "attempt.json", record)
         logger.warning("attempt %s: %s, %s", folder.name, outcome.kind, outcome.detail)
-
-
-def history(spec: JobSpec, job_id: str, *, before: str) -> list[dict]:
-    outcomes = []
-    for folder in attempts.attempt_dirs(Path(spec.job_dir)):
-        record = runfolder.read_json(folder / "attempt.json")
-        if folder.name.partition(".")[0] == job_id and folder.name != before and record and record.get("outcome"):
-            outcomes.append(record["outcome"])
-    return outcomes
-
-
-def _limits(spec: JobSpec) -> dict[str, int]:
-    return {name: getattr(spec, name) for name in attempts.BUDGETS.values()}
 
 
 def begin(spec: JobSpec, node: NodeContext) -> int:
@@ -108,10 +119,15 @@ def begin(spec: JobSpec, node: NodeContext) -> int:
     logger.info("attempt %s: SLURM_RESTART_COUNT=%d, %d node(s) %s, resuming from %s", node.attempt_id,
                 node.restart_count, node.num_nodes, record["nodelist"],
                 f"step {checkpoint['step']} ({checkpoint['path']})" if checkpoint else "scratch")
-    reason = attempts.over_budget(history(spec, node.job_id, before=node.attempt_id), _limits(spec))
+    reason = attempts.over_budget(requeue.history(spec, node.job_id, before=node.attempt_id),
+                                  requeue.limits(spec))
     if reason:
         record["outcome"] = attempts.outcome_dict(attempts.Outcome(attempts.BUDGET_EXHAUSTED, reason))
         logger.error("attempt %s not started: %s", node.attempt_id, reason)
+    else:
+        # The fence: from now on only this attempt's processes may commit a checkpoint or a marker; a process
+        # left over from an earlier attempt (a node that lost contact, a slow teardown) is refused.
+        runfolder.claim(spec.output_dir, node.attempt_id)
     runfolder.write_json_atomic(folder / "attempt.json", record)
     return 3 if reason else 0
 
@@ -160,13 +176,14 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = command.training_env(spec)
+    env = {**command.training_env(spec), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
     hardware = nccl.detect_hardware()
     for warning in nccl.warnings(env, hardware):
         logger.warning("NCCL: %s", warning)
     logger.info("node %d/%d on %s: master %s:%s, NCCL profile %r: %s", node.node_rank, node.num_nodes,
                 socket.gethostname(), node.master_addr, node.master_port, spec.nccl,
-                " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k not in os.environ or os.environ[k] != v))
+                " ".join(f"{k}={v}" for k, v in sorted(redact.mapping(env).items())
+                         if k not in os.environ or os.environ[k] != env[k]))
     return env
 
 
@@ -177,12 +194,12 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     env = node_environment(spec, node)
     argv = command.node_argv(spec, node)
     if spec.container == "apptainer":
-        command.env_file(spec, node).write_text(command.env_file_text(env))
+        redact.write_private(command.env_file(spec, node), command.env_file_text(env))  # may hold secrets
     record_path = folder / f"node{node.node_rank}.json"
     record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
-              "argv": argv, "signals": []}
+              "argv": redact.argv(argv), "signals": []}
     runfolder.write_json_atomic(record_path, record)
-    logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
+    logger.info("node %d runs: %s", node.node_rank, " ".join(redact.argv(argv)))
     # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
     # through exec; the trainer installs its own handlers, so only the training processes act on them.
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
@@ -202,49 +219,25 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
 
 # --- end -----------------------------------------------------------------------------------------------------
 
-def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_signal: str, *,
-           job_info: dict[str, str]) -> attempts.Evidence:
-    """What one attempt left behind: node records, the trainer's markers, SLURM's view of the job."""
-    record = runfolder.read_json(folder / "attempt.json") or {"started": 0.0}
-    output = Path(spec.output_dir)
-    return attempts.Evidence(
-        started=record["started"], now=time.time(), expected_nodes=num_nodes,
-        nodes=attempts.node_records(folder), srun_status=srun_status, batch_signal=batch_signal,
-        requeue_marker=runfolder.read_marker(output, runfolder.REQUEUE_MARKER, record["started"]),
-        complete_marker=runfolder.read_marker(output, runfolder.COMPLETE_MARKER, record["started"]),
-        preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
-        end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s,
-        cancel_requested=runfolder.read_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
-        is not None)
-
-
 def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *,
-        requeue=attempts.requeue) -> tuple[int, dict]:
-    """Classify this attempt, record it, requeue if warranted. Returns (exit code, outcome)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # our own requeue sends SIGTERM to this batch shell
+        requeue_job=attempts.requeue) -> tuple[int, dict]:
+    """Record this attempt's outcome (node 0's launcher may already have closed it and brought the job back);
+    bring the job back if nobody did and the evidence asks for it. Returns (exit code, outcome)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue sends SIGTERM to this batch shell
     folder = command.attempt_dir(spec, node)
-    outcome = attempts.classify(gather(spec, folder, node.num_nodes, srun_status, batch_signal,
-                                       job_info=attempts.scontrol_job(node.job_id)))
-    if outcome.requeue:
-        earlier = history(spec, node.job_id, before=node.attempt_id)
-        reason = attempts.over_budget(earlier + [{"kind": outcome.kind}], _limits(spec))
-        if reason:
-            outcome.requeue, outcome.detail = False, f"{outcome.detail}; not requeued: {reason}"
-    record = runfolder.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
-    record["outcome"] = attempts.outcome_dict(outcome)
-    runfolder.write_json_atomic(folder / "attempt.json", record)
-    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) else logger.info
-    log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
-    if outcome.requeue:
-        error = requeue(node.job_id)
-        if error:
-            logger.error("scontrol requeue %s failed: %s", node.job_id, error)
-            return 1, record["outcome"]
-        logger.info("requeued job %s", node.job_id)
-        return 0, record["outcome"]
-    if outcome.kind == attempts.COMPLETED:
-        return 0, record["outcome"]
-    return (srun_status or 1), record["outcome"]
+    closed = (runfolder.read_json(folder / "attempt.json") or {}).get("outcome")
+    if closed is not None and closed["kind"] == attempts.CANCELLED:  # node 0 saw the cancel: refine with all nodes
+        closed = None
+    if closed is not None:  # node 0's launcher closed it already
+        logger.info("attempt %s: %s — %s", node.attempt_id, closed["kind"], closed["detail"])
+    else:
+        job_info = attempts.scontrol_job(node.job_id)
+        outcome = attempts.classify(requeue.gather(spec, folder, node.num_nodes, srun_status, batch_signal,
+                                           job_info=job_info, restart_count=node.restart_count))
+        closed = requeue.close(spec, node, outcome, job_info, requeue=requeue_job, by="the batch shell")
+    if closed.get("requeue") or closed["kind"] == attempts.COMPLETED:
+        return 0, closed
+    return (srun_status or 1), closed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,14 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--srun-status", type=int, default=0)
     parser.add_argument("--batch-signal", default="")
     args = parser.parse_args(argv)
-    spec = specs.read(args.spec)
+    spec = secrets.reveal(specs.read(args.spec))
     node = slurm_context(dict(os.environ))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s [launch {args.step} node{node.node_rank}] %(levelname)s %(message)s")
     if args.step == "begin":
         return begin(spec, node)
     if args.step == "node":
-        return run_node(spec, node)
+        watcher = requeue.RequeueWatcher(spec, node).start() if node.node_rank == 0 else None
+        try:
+            return run_node(spec, node)
+        finally:
+            if watcher is not None:
+                watcher.stop()
     return end(spec, node, args.srun_status, args.batch_signal)[0]
 
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-# submitit's directive formatter: --key=value, shell-quoted, True as a bare flag.
-from submitit.slurm.slurm import _as_sbatch_flag
-
+from slurm import resources, secrets
 from slurm import spec as specs
 from slurm.spec import JobSpec
 
 HEREDOC = "EASYANIMATE_JOB_SPEC"
 LAUNCH = "slurm/launch.py"
+
+
+def sbatch_flag(key: str, value: object) -> str:
+    """One directive: ``#SBATCH --key=value`` with the value shell-quoted, ``True`` as a bare flag."""
+    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
 
 
 def log_folder(spec: JobSpec) -> Path:
@@ -36,15 +39,18 @@ def _launch(spec: JobSpec, step: str, *extra: str) -> str:
 
 
 def setup_lines(spec: JobSpec) -> list[str]:
-    return [
+    site = ["# site setup (--setup)", *spec.setup] if spec.setup else []
+    return [*site,
         f"JOB_DIR={shlex.quote(spec.job_dir)}",
         'mkdir -p "$JOB_DIR"',
         f"cat > \"$JOB_DIR/job.json\" <<'{HEREDOC}'",
-        *specs.to_json(spec).splitlines(),
+        *specs.to_json(secrets.shown(spec)).splitlines(),  # secrets: JOB_DIR/secrets.json (0600) only
         HEREDOC,
         "# SIGTERM here means SLURM itself ends or requeues this attempt (scontrol requeue, preemption, scancel,",
         "# time limit): note it, let the steps finish their save, and never requeue on top of SLURM.",
         "trap 'batch_signal=TERM' TERM",
+        "# Slurm 22.05-23.02 do not pass the job's --cpus-per-task on to srun; whole-node jobs own every core.",
+        'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}"',
         _launch(spec, "begin") + " || exit $?",
     ]
 
@@ -59,24 +65,31 @@ def teardown_lines(spec: JobSpec) -> list[str]:
 def directives(spec: JobSpec) -> dict[str, object]:
     values = {
         "job-name": spec.name, "ntasks-per-node": 1,
-        "nodes": f"{spec.nodes}-{spec.max_nodes}" if (spec.max_nodes or 0) > spec.nodes else spec.nodes, "cpus-per-task": spec.cpus_per_task,
-        "gpus-per-node": spec.gpus_per_node or None, "mem": spec.mem, "time": spec.time,
-        "partition": spec.partition, "account": spec.account, "qos": spec.qos, "constraint": spec.constraint,
-        "exclusive": True if spec.exclusive else None, "chdir": None if spec.root == "." else spec.root,
+        "nodes": f"{spec.nodes}-{spec.max_nodes}" if (spec.max_nodes or 0) > spec.nodes else spec.nodes,
+        "cpus-per-task": spec.cpus_per_task,
+        "gres": resources.gres(spec.gpus_per_node, spec.gpu_type), "mem": spec.mem, "mem-per-gpu": spec.mem_per_gpu,
+        "time": spec.time, "partition": spec.partition, "account": spec.account, "qos": spec.qos,
+        "constraint": spec.constraint, "exclusive": True if spec.exclusive else None,
+        "chdir": None if spec.root == "." else spec.root, "reservation": spec.reservation,
+        "nodelist": spec.nodelist, "exclude": spec.exclude, "mail-type": spec.mail_type,
+        "mail-user": spec.mail_user, "dependency": spec.dependency,
         # No B: prefix: every process of the step gets the signal (each layer handles or ignores it).
         "signal": f"{spec.signal}@{spec.signal_lead_s}", "requeue": True, "open-mode": "append",
         "output": _log_pattern(spec, "%j_0_log.out"),
         "error": _log_pattern(spec, "%j_0_log.err"),
     }
+    for item in spec.sbatch:  # --sbatch KEY=VALUE: site options we have no field for
+        key, sep, value = item.partition("=")
+        values[key] = value if sep else True
     return {key: value for key, value in values.items() if value is not None}
 
 
 def sbatch_script(spec: JobSpec) -> str:
     specs.validate(spec)
     srun = ["srun", "--unbuffered", "--output", _log_pattern(spec, "%j_%t_log.out"),
-            "--error", _log_pattern(spec, "%j_%t_log.err"), "--kill-on-bad-exit=1"]
+            "--error", _log_pattern(spec, "%j_%t_log.err"), "--kill-on-bad-exit=1", *spec.srun_args]
     lines = ["#!/bin/bash", "", "# Parameters"]
-    lines += [_as_sbatch_flag(key, value) for key, value in sorted(directives(spec).items())]
+    lines += [sbatch_flag(key, value) for key, value in sorted(directives(spec).items())]
     lines += ["", "# setup", *setup_lines(spec)]
     lines += ["", "# command", " ".join(shlex.quote(a) for a in srun) + " " + _launch(spec, "node")]
     lines += ["", "# teardown", *teardown_lines(spec)]

@@ -19,6 +19,18 @@ CONTAINERS = ("apptainer", "none")
 SIGNALS = ("USR2", "USR1", "TERM")
 
 
+# Directives the suite relies on: --sbatch may not replace them (the message names what to use instead).
+SUITE_DIRECTIVES = {
+    "ntasks-per-node": "one task per node starts every training process (use --processes-per-node).",
+    "ntasks": "one task per node starts every training process (use --nodes / --processes-per-node).",
+    "open-mode": "logs must survive requeues (append).", "output": "logs live in the job folder (--job-dir).",
+    "error": "logs live in the job folder (--job-dir).", "requeue": "runs come back by requeue.",
+    "no-requeue": "runs come back by requeue.", "signal": "use --signal and --signal-lead-s.",
+    "job-name": "use --name.", "nodes": "use --nodes.", "time": "use --time.", "partition": "use --partition.",
+    "chdir": "the job runs in the repository root.",
+}
+
+
 class SpecError(ValueError):
     """A job option we cannot submit; the message names the option and the fix."""
 
@@ -45,14 +57,32 @@ class JobSpec:
     gpus_per_node: int = opt(8, "GPUs per node; 0 trains on CPU (gloo; DeepSpeed with DS_ACCELERATOR=cpu).")
     processes_per_node: Optional[int] = opt(None, "Training processes per node (default: gpus_per_node, or 1 "
                                             "on CPU).")
-    cpus_per_task: Optional[int] = opt(None, "CPUs for the one task per node (data loader workers live here).")
-    mem: Optional[str] = opt(None, "Memory per node, sbatch syntax (e.g. 0 = all, 480G).")
+    cpus_per_task: Optional[int] = opt(None, "CPUs for the one task per node, shared by its training processes and "
+                                       "their loader workers (default: every core of the node for whole-node jobs, "
+                                       "the GPUs' share of the node otherwise; from sinfo at submit time).")
+    mem: Optional[str] = opt(None, "Memory per node, sbatch syntax (default: 0 = all of it for whole-node jobs).")
+    mem_per_gpu: Optional[str] = opt(None, "Memory per GPU, sbatch syntax (default for single-node GPU jobs: the "
+                                     "node's memory / its GPUs, from sinfo).")
+    gpu_type: Optional[str] = opt(None, "GPU type for a typed request, e.g. h100 -> --gres=gpu:h100:8.")
     time: str = opt("24:00:00", "Wall-clock limit of one attempt, sbatch syntax ([D-]HH:MM:SS or minutes).")
     partition: Optional[str] = opt(None, "SLURM partition.")
     account: Optional[str] = opt(None, "SLURM account.")
     qos: Optional[str] = opt(None, "SLURM quality of service.")
     constraint: Optional[str] = opt(None, "SLURM node features (--constraint).")
-    exclusive: bool = opt(False, "Whole nodes only (--exclusive).")
+    exclusive: Optional[bool] = opt(None, "Whole nodes only (--exclusive); default: yes for multi-node jobs.")
+    # --- site options ---
+    reservation: Optional[str] = opt(None, "SLURM reservation (--reservation).")
+    nodelist: Optional[str] = opt(None, "Run on these nodes only (--nodelist).")
+    exclude: Optional[str] = opt(None, "Never run on these nodes (--exclude).")
+    mail_type: Optional[str] = opt(None, "When SLURM mails (--mail-type, e.g. END,FAIL,REQUEUE).")
+    mail_user: Optional[str] = opt(None, "Who SLURM mails (--mail-user).")
+    dependency: Optional[str] = opt(None, "Start after other jobs (--dependency, e.g. afterok:123).")
+    sbatch: list[str] = opt([], "Any other sbatch option as KEY=VALUE (KEY alone for a bare flag), e.g. "
+                            "--sbatch gres-flags=enforce-binding; repeatable.")
+    srun_args: list[str] = opt([], "Extra srun option for the training step, e.g. --srun-arg=--mpi=none; "
+                               "repeatable.")
+    setup: list[str] = opt([], "Shell line run in the batch script before anything else (module load ...); "
+                           "repeatable.")
     # --- runtime ---
     container: str = opt("apptainer", "apptainer: run inside the image on every node; none: the host's Python "
                          "environment (CI, laptops).")
@@ -73,8 +103,9 @@ class JobSpec:
     # --- preemption and requeue ---
     signal: str = opt("USR2", "Signal SLURM sends before the time limit and on preemption (no B: prefix: every "
                       "process of the step gets it).")
-    signal_lead_s: int = opt(300, "Seconds before the time limit that the signal arrives; must cover one step "
-                             "plus a checkpoint save.")
+    signal_lead_s: Optional[int] = opt(None, "Seconds before the time limit that the signal arrives; must cover "
+                                       "one step plus a checkpoint save (default: computed from the model's "
+                                       "checkpoint size, or the save this job folder measured; submit prints it).")
     max_preemptions: int = opt(20, "Requeues allowed after preemptions (real ones or scancel --signal).")
     max_timeouts: int = opt(10, "Requeues allowed after reaching the time limit.")
     max_node_failures: int = opt(2, "Requeues allowed after a node died or vanished mid-attempt.")
@@ -166,7 +197,8 @@ def _no_control_chars(name: str, value: str) -> None:
 def validate(spec: JobSpec) -> None:
     """Raise SpecError naming the option and the fix; called once, before rendering."""
     for name in ("name", "job_dir", "image", "cache_dir", "partition", "account", "qos", "constraint", "mem", "root",
-                 "python", "train_python", "output_dir"):
+                 "python", "train_python", "output_dir", "mem_per_gpu", "gpu_type", "reservation", "nodelist",
+                 "exclude", "mail_type", "mail_user", "dependency"):
         value = getattr(spec, name)
         if value is not None:
             _no_control_chars(name, str(value))
@@ -191,6 +223,8 @@ def validate(spec: JobSpec) -> None:
         raise SpecError(f"--signal: {spec.signal!r}; choose one of {SIGNALS}.")
     if spec.mixed_precision not in ("no", "fp16", "bf16"):
         raise SpecError(f"--mixed-precision: {spec.mixed_precision!r}; choose no, fp16 or bf16.")
+    if spec.signal_lead_s is None:
+        raise SpecError("--signal-lead-s: not resolved (jobs.build_spec computes the default).")
     if spec.signal_lead_s < 0 or spec.signal_lead_s >= spec.time_s:
         raise SpecError(f"--signal-lead-s: {spec.signal_lead_s} must be >= 0 and shorter than --time "
                         f"({spec.time_s} s).")
@@ -199,6 +233,19 @@ def validate(spec: JobSpec) -> None:
             raise SpecError(f"--{name.replace('_', '-')}: must be >= 0.")
     if spec.collective_timeout_min < 1:
         raise SpecError("--collective-timeout-min: must be >= 1.")
+    if spec.mem is not None and spec.mem_per_gpu is not None:
+        raise SpecError("--mem and --mem-per-gpu: sbatch takes one of them; drop one.")
+    if spec.gpu_type is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", spec.gpu_type):
+        raise SpecError(f"--gpu-type: {spec.gpu_type!r} is not a GPU type name (e.g. h100, a100_80g).")
+    for item in spec.sbatch:
+        key = item.partition("=")[0]
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+            raise SpecError(f"--sbatch: {item!r}: expected KEY=VALUE with a long sbatch option name as KEY "
+                            "(e.g. gres-flags=enforce-binding).")
+        if key in SUITE_DIRECTIVES:
+            raise SpecError(f"--sbatch {key}: the suite sets --{key} itself; " + SUITE_DIRECTIVES[key])
+    for line in [*spec.sbatch, *spec.srun_args, *spec.setup]:
+        _no_control_chars("sbatch/--srun-arg/--setup", line)
     for key, value in spec.env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise SpecError(f"--env: {key!r} is not a valid environment variable name.")

@@ -17,20 +17,35 @@ from slurm import spec as specs
 ERROR_LINES = 6
 
 
-def submitted(job_dir: Path) -> list[dict]:
-    return (runfolder.read_json(Path(job_dir) / "jobs.json") or {}).get("jobs", [])
-
-
 def job_ids(job_dir: Path) -> list[str]:
-    listed = [j["job_id"] for j in submitted(job_dir)]
+    listed = [j["job_id"] for j in attempts.submitted_jobs(job_dir)]
     seen = [p.name.partition(".")[0] for p in attempts.attempt_dirs(job_dir)]
     return list(dict.fromkeys(listed + seen))
+
+
+def sacct_job(job_id: str) -> dict[str, str]:
+    """The job's allocation line from accounting (``sacct``), for jobs slurmctld has forgotten (MinJobAge);
+    empty when accounting is off or does not know the job."""
+    try:
+        done = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,NodeList,ExitCode,End"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        fields = line.split("|")
+        if len(fields) == 5 and fields[0] == job_id:
+            return dict(zip(("JobID", "State", "NodeList", "ExitCode", "End"), fields))
+    return {}
 
 
 def slurm_state(job_id: str) -> dict[str, str]:
     info = attempts.scontrol_job(job_id)
     if not info:
-        return {"state": "unknown to SLURM (finished long ago, or not a SLURM job)"}
+        old = sacct_job(job_id)
+        if old:  # "CANCELLED by 0" -> "CANCELLED"
+            return {"state": f"{old['State'].split()[0]} (from sacct: slurmctld no longer holds the job; ended "
+                             f"{old['End']}, exit {old['ExitCode']})", "nodes": old["NodeList"]}
+        return {"state": "unknown to SLURM (finished long ago, or not a SLURM job; sacct has no record)"}
     return {"state": info.get("JobState", "?"), "restarts": info.get("Restarts", "0"),
             "reason": info.get("Reason", ""), "nodes": info.get("NodeList", "")}
 
@@ -70,7 +85,7 @@ def status(job_dir: Path) -> dict:
             row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
         rows.append(row)
     output = Path(spec.output_dir)
-    local = {j["job_id"] for j in submitted(job_dir) if j.get("local")}
+    local = {j["job_id"] for j in attempts.submitted_jobs(job_dir) if j.get("local")}
     return {
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
         "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)

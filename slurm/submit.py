@@ -1,6 +1,6 @@
 """Submit EasyAnimate control training to SLURM, or run the same job here.
 
-    python slurm/submit.py --job configs/jobs/v5.1_deepspeed.yaml --nodes 4 --image easyanimate.sif [-- FLAGS]
+    python slurm/submit.py --nodes 4 --image easyanimate.sif [--job configs/jobs/NAME.yaml] [-- FLAGS]
     python slurm/submit.py ... --dry-run        print the sbatch script and the per-node command, submit nothing
     python slurm/submit.py ... --local          run it on this machine (submitit's local executor)
     python slurm/submit.py --job JOB --template print the script with relative paths (slurm/templates/)
@@ -24,24 +24,32 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, get_args, get_type_hints
 
+REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python slurm/submit.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(REPO))
 
-from slurm import jobs, render, status  # noqa: E402
+from slurm import jobs, render, resources, status  # noqa: E402
 from slurm import spec as specs  # noqa: E402
 from slurm.spec import JobSpec, SpecError  # noqa: E402
 
 HINTS = get_type_hints(JobSpec)
+DEFAULT_JOB = "configs/jobs/v5.1_control_deepspeed.yaml"  # the seed's V5.1 DeepSpeed ZeRO-2 command
+LIST_FLAGS = {"binds": ("--bind", "SRC[:DST[:ro]]"), "sbatch": ("--sbatch", "KEY=VALUE"),
+              "srun_args": ("--srun-arg", "ARG"), "setup": ("--setup", "LINE")}
 
 
 def _key_value(text: str) -> tuple[str, str]:
+    """--env K=V, or --env K to take K's value from this shell (keeps secrets out of shell history and ps)."""
     key, sep, value = text.partition("=")
     if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(f"--env {key}: not set in this shell; export it or pass {key}=VALUE")
+        value = os.environ[key]
     return key, value
 
 
@@ -52,12 +60,12 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag, hint = "--" + f.name.replace("_", "-"), HINTS[f.name]
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
-        if hint is bool:
+        if hint in (bool, Optional[bool]):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.name == "env":
-            parser.add_argument(flag, action="append", type=_key_value, metavar="K=V", **kwargs)
-        elif f.name == "binds":
-            parser.add_argument("--bind", action="append", metavar="SRC[:DST[:ro]]", **kwargs)
+            parser.add_argument(flag, action="append", type=_key_value, metavar="K[=V]", **kwargs)
+        elif f.name in LIST_FLAGS:
+            parser.add_argument(LIST_FLAGS[f.name][0], action="append", metavar=LIST_FLAGS[f.name][1], **kwargs)
         else:
             scalar = next((a for a in get_args(hint) if a is not type(None)), hint) if hint is not str else str
             scalar = str if f.name == "nodes" else scalar  # a count or MIN-MAX (spec.split_node_range)
@@ -67,7 +75,8 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slurm/submit.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--job", help="Job file (configs/jobs/NAME.yaml).")
+    parser.add_argument("--job", help=f"Job file (configs/jobs/NAME.yaml); default {DEFAULT_JOB}, the seed's V5.1 "
+                        "control training with DeepSpeed ZeRO-2; 'none': no job file.")
     parser.add_argument("--dry-run", action="store_true", help="Print the script and command; submit nothing.")
     parser.add_argument("--local", action="store_true", help="Run here through submitit's local executor.")
     parser.add_argument("--template", action="store_true", help="Print the job file's script with paths "
@@ -90,19 +99,27 @@ def submit_main(argv: list[str]) -> int:
     if "env" in args:
         args["env"] = dict(args["env"])
     try:
+        if job_file is None:
+            job_file = str(REPO / DEFAULT_JOB)
+            logging.info("no --job given: the seed's V5.1 DeepSpeed ZeRO-2 job (%s)", DEFAULT_JOB)
+        elif job_file == "none":  # every option from the command line
+            job_file = None
         if template:
             sys.stdout.write(render.sbatch_script(jobs.build_spec(args, job_file=job_file, extra=extra,
                                                                   template=True)))
             return 0
-        spec = jobs.build_spec(args, job_file=job_file, extra=extra)
+        shape = None if local else resources.partition_shape(args.get("partition"))
+        spec = jobs.build_spec(args, job_file=job_file, extra=extra, shape=shape)
         if local:
             return _run_local(spec)
-        warnings = jobs.lead_time_warnings(spec, jobs.measured_save_s(Path(spec.job_dir)),
-                                           None if dry_run else jobs.partition_grace_s(spec.partition))
+        measured = jobs.measured_save_s(Path(spec.job_dir))
+        warnings = jobs.lead_time_warnings(spec, measured, jobs.partition_grace_s(spec.partition))
+        warnings += jobs.missing_inputs(spec) if dry_run else []
         if dry_run:
             sys.stdout.write(jobs.dry_run_text(spec, warnings))
             return 0
-        for warning in warnings:
+        logging.info("%s", jobs.lead_time_line(spec, measured))
+        for warning in warnings + jobs.resource_notes(spec):
             logging.warning(warning)
         job_id = jobs.submit(spec)
     except SpecError as error:

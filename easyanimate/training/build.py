@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-from easyanimate import distributed
+from easyanimate import distributed, redact
 from easyanimate.config import ConfigError, TrainConfig, fingerprint
 from easyanimate.data import build_train_dataloader
 from easyanimate.models import load_components, load_model_spec
@@ -237,4 +237,4 @@ def init_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
 
 def _tracker_config(cfg: TrainConfig) -> dict:
     """Trackers take scalars only (the original dropped its list-valued flags for the same reason)."""
-    return {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
+    return redact.mapping({k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})

@@ -2,7 +2,8 @@
 
 Installs nothing (tests/setup_system.sh does); starts the daemons from a fresh folder, stops them by their pid
 files only. Two partitions: ``debug`` (default, preemptible: PreemptMode=REQUEUE, GraceTime) and ``high``
-(PriorityTier=10) whose jobs preempt it. ``cred_expire=5`` and 1 s scheduler intervals make a requeued job run
+(PriorityTier=10) whose jobs preempt it; ``cancel`` is preempted the same way but with PreemptMode=CANCEL (the job
+is ended, not requeued). ``cred_expire=5`` and 1 s scheduler intervals make a requeued job run
 again in ~6 s instead of 121 s. Developers: ``python tests/slurm/cluster.py up|down [FOLDER]`` then
 ``export SLURM_CONF=FOLDER/etc/slurm.conf``. Several clusters can run side by side (one per developer work tree):
 ``EASYANIMATE_TEST_CLUSTER_SLOT=N`` shifts the daemons' ports and the first job id (so MASTER_PORTs differ too).
@@ -60,6 +61,7 @@ GresTypes=gpu
 NodeName=node[1-4] NodeHostname=localhost NodeAddr=127.0.0.1 Port={slurmd_ports} CPUs=2 RealMemory=4000 Gres=gpu:8 State=UNKNOWN
 PartitionName=debug Nodes=node[1-4] Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime={grace}
 PartitionName=high Nodes=node[1-4] MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+PartitionName=cancel Nodes=node[1-4] MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL GraceTime={grace}
 """
 
 

@@ -4,10 +4,13 @@ torchrun agent, gloo workers) but that trains nothing: a few floats change deter
 It honours the trainer's contract with the SLURM layer: the seed's flags, --resume_from_checkpoint latest,
 checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the real PreemptionHandler (signal
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
-STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step. Each rank writes
+STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE
+makes rank 0's signal-triggered save fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after
+committing it (a stuck teardown). Each rank writes
 where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from easyanimate import distributed
+from easyanimate import distributed, redact, runfolder
 from easyanimate.config import parse_args
 from easyanimate.training import signals
 
@@ -37,6 +40,7 @@ def save(output: Path, step: int, weights: list[float]) -> Path:
     distributed.barrier()
     if distributed.is_main():
         (temp / "manifest.json").write_text(json.dumps({"step": step, "world_size": distributed.world_size()}))
+        runfolder.check_fence(output)  # as the real Checkpointer: a newer attempt owns the folder, never commit
         temp.rename(final)
     distributed.barrier()
     return final
@@ -57,7 +61,11 @@ def main(argv: list[str]) -> int:
     output.mkdir(parents=True, exist_ok=True)
     signals.clear_requeue_marker(output)
     handler = signals.PreemptionHandler().install()
-    where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": argv,
+    # Like the trainer's config dump: no secret in a file others may read; digests prove the values arrived.
+    digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in [*os.environ.items(), ("hub_token", cfg.hub_token)]
+               if redact.is_secret(k, v)}
+    where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": redact.argv(argv),
+             "secret_digests": digests,
              "node": os.environ.get("SLURM_NODEID"), "restart": os.environ.get("SLURM_RESTART_COUNT")}
     (output / "ranks").mkdir(exist_ok=True)
     (output / "ranks" / f"rank{distributed.rank()}.json").write_text(json.dumps(where))
@@ -79,10 +87,14 @@ def main(argv: list[str]) -> int:
         if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
             path = save(output, step, weights)
         if handler.stop_requested() and step < cfg.max_train_steps:
+            if os.environ.get("STANDIN_FAIL_SIGNAL_SAVE") and distributed.is_main():
+                raise OSError(28, "No space left on device (stand-in: the signal-triggered save fails)")
             path = path if step % cfg.checkpointing_steps == 0 else save(output, step, weights)
             if distributed.is_main():
                 handler.write_requeue_marker(output, step, path)
             logger.info("saved at step %d after %s; exiting for requeue", step, handler.received)
+            if distributed.is_main():  # a teardown that hangs after the save (a stuck NCCL/gloo shutdown)
+                time.sleep(float(os.environ.get("STANDIN_HANG_AFTER_SAVE_S", "0")))
             return signals.REQUEUE_EXIT_CODE
     if distributed.is_main():
         (output / "final_weights.json").write_text(json.dumps({"step": step, "weights": weights}))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from easyanimate import runfolder
 from slurm import attempts
 from slurm.attempts import Evidence, classify
+
+REPO = Path(__file__).resolve().parents[2]
 
 T0 = 1_000_000.0
 LIMIT_END = T0 + 3600  # the attempt's time limit
@@ -87,9 +91,34 @@ def test_missing_node_records_mean_node_failure_and_a_requeue():
     assert "[1]" in out.detail
 
 
-def test_signal_without_a_committed_save_requeues_from_the_last_periodic_checkpoint():
+def test_a_crash_after_a_signal_without_a_committed_save_is_a_crash_not_a_preemption():
+    # OOM or a full disk during the signal-triggered save: the ranks exit, requeue.json never appears.
     out = classify(evidence(nodes=signalled()))
-    assert (out.kind, out.requeue) == ("preempted", True) and "no checkpoint committed" in out.detail
+    assert (out.kind, out.requeue) == ("crashed", False) and "save failed" in out.detail
+
+
+def test_a_lost_node_is_a_node_failure_even_when_its_peers_crashed_on_losing_it():
+    out = classify(evidence(nodes=[node(0, 1), node(1, exit_code=None)], srun_status=1))
+    assert (out.kind, out.requeue) == ("node_failure", True)
+
+
+def test_we_never_requeue_on_top_of_slurms_own_node_failure_requeue():
+    lost = [node(0, 1, (("TERM", T0 + 60),)), node(1, exit_code=None)]
+    assert classify(evidence(nodes=lost, batch_signal="TERM")).requeue is False
+    out = classify(evidence(nodes=[node(0, 1), node(1, exit_code=None)], slurm_requeued=True))
+    assert (out.kind, out.requeue) == ("node_failure", False) and "SLURM requeues it itself" in out.detail
+    assert attempts.slurm_requeued({"JobState": "RUNNING", "Restarts": "2"}, restart_count=1)
+    assert attempts.slurm_requeued({"JobState": "PENDING", "Restarts": "0"}, restart_count=0)
+    assert not attempts.slurm_requeued({"JobState": "RUNNING", "Restarts": "1"}, restart_count=1)
+
+
+def test_a_resubmitted_job_shares_the_budgets_of_the_jobs_before_it(tmp_path):
+    attempts.record_job(tmp_path, "10", local=False)
+    attempts.record_job(tmp_path, "11", local=False)
+    attempts.record_job(tmp_path, "12", local=False, resubmit_of="10")
+    attempts.record_job(tmp_path, "13", local=False, resubmit_of="12")
+    assert attempts.lineage(tmp_path, "13") == {"10", "12", "13"}
+    assert attempts.lineage(tmp_path, "11") == {"11"}
 
 
 def test_scancel_is_a_cancellation():
@@ -178,3 +207,61 @@ def test_a_user_cancel_is_a_cancellation_even_after_the_trainer_saved_on_sigterm
     out = classify(evidence(nodes=signalled("TERM"), batch_signal="TERM", requeue_marker=marker(signal="SIGTERM"),
                             cancel_requested=True))
     assert (out.kind, out.requeue, out.step) == ("cancelled", False, 40)
+
+
+def test_a_stale_process_of_an_older_attempt_is_refused_when_it_commits(tmp_path):
+    """A real trainer process of attempt 5.0 (its environment made by the node launcher) keeps running after
+    attempt 5.1 has begun: its next checkpoint commit is refused and nothing it saves after the claim counts."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from slurm import launch
+    from slurm.command import NodeContext
+    spec = folder_spec(tmp_path, nodes=1)
+    old = NodeContext("5", 1, 0, "127.0.0.1", "20005", restart_count=0)
+    assert launch.begin(spec, old) == 0
+    env = {**os.environ, **launch.node_environment(spec, old), "STANDIN_STEP_S": "0.1", "PYTHONPATH": str(REPO)}
+    assert env[runfolder.ATTEMPT_ENV] == "5.0"
+    output = Path(spec.output_dir)
+    trainer = subprocess.Popen([sys.executable, "tests/slurm/standin_trainer.py", f"--output_dir={output}",
+                                "--max_train_steps=1000", "--checkpointing_steps=3", "--seed=1"], cwd=REPO, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not runfolder.committed_checkpoints(output) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launch.begin(spec, NodeContext("5", 1, 0, "127.0.0.1", "20005", restart_count=1)) == 0
+        before = {p.name for p in runfolder.committed_checkpoints(output)}
+        _, stderr = trainer.communicate(timeout=60)
+    finally:
+        trainer.kill()
+    assert trainer.returncode != 0 and "StaleAttemptError" in stderr and "attempt 5.1" in stderr
+    after = {p.name for p in runfolder.committed_checkpoints(output)}
+    assert len(after - before) <= 1  # at most the one commit already past its fence check at the claim
+    assert runfolder.current_attempt(output) == "5.1"
+
+
+def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_path, monkeypatch):
+    import os
+
+    from slurm import requeue
+    from slurm.command import NodeContext
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/sbatch_args\nenv > {tmp_path}/sbatch_env\n"
+                                    "echo '99;cluster'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    spec = folder_spec(tmp_path)
+    attempts.record_job(Path(spec.job_dir), "42", local=False)
+    how = requeue.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042"), "timed_out", {},
+                            requeue=lambda job: "Requested operation is presently disabled")
+    assert how.startswith("resubmitted as job 99 (scontrol requeue 42 failed: Requested operation")
+    assert (tmp_path / "sbatch_args").read_text().split() == ["--parsable", f"{spec.job_dir}/submission.sbatch"]
+    assert "SLURM_JOB_ID=" not in (tmp_path / "sbatch_env").read_text()  # not taken for the new job's options
+    assert attempts.submitted_jobs(Path(spec.job_dir))[-1] == {**attempts.submitted_jobs(Path(spec.job_dir))[-1],
+                                                               "job_id": "99", "resubmit_of": "42"}
+    assert attempts.lineage(Path(spec.job_dir), "99") == {"42", "99"}

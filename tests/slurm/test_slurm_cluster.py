@@ -30,7 +30,11 @@ def test_sbatch_accepts_every_rendered_script(slurm_env, tmp_path):
     hostile = sj.standin_options(tmp_path / "dir with space $HOME 'q' %j", name=HOSTILE_NAME)
     scripts["hostile"] = render.sbatch_script(jobs.build_spec(hostile, extra=["--validation_prompts", HOSTILE_PROMPT],
                                                               cwd=REPO))
-    assert len(scripts) == 6
+    site = sj.standin_options(tmp_path / "site", exclude="node4", mail_type="END,FAIL", mail_user="root@localhost",
+                              sbatch=["comment=site pass-through", "overcommit"], srun_args=["--mpi=none"],
+                              setup=["module purge 2>/dev/null || true"], dependency="singleton")
+    scripts["site"] = render.sbatch_script(jobs.build_spec(site, cwd=REPO))
+    assert len(scripts) == 7
     for name, text in scripts.items():
         path = tmp_path / f"{len(name)}.sbatch"
         path.write_text(text)
@@ -42,7 +46,7 @@ def test_sbatch_accepts_every_rendered_script(slurm_env, tmp_path):
 @pytest.mark.timeout(240)
 def test_two_node_job_gets_distinct_machine_ranks_and_hostile_values_intact(slurm_env, tmp_path):
     job_dir = tmp_path / "dir with space $HOME 'q' %j"
-    argv = [sys.executable, "slurm/submit.py", "--name", HOSTILE_NAME, "--job-dir", str(job_dir), "--nodes", "2",
+    argv = [sys.executable, "slurm/submit.py", "--job", "none", "--name", HOSTILE_NAME, "--job-dir", str(job_dir), "--nodes", "2",
             "--gpus-per-node", "0", "--container", "none", "--mixed-precision", "no", "--entry", sj.STANDIN,
             "--time", "10:00", "--signal-lead-s", "60", "--", "--max_train_steps=4", "--checkpointing_steps=2",
             "--seed=1", "--validation_prompts", HOSTILE_PROMPT]

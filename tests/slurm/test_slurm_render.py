@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm import command, jobs, render
+from slurm import command, jobs, render, resources
 from slurm import spec as specs
 from slurm.command import NodeContext
 
@@ -21,10 +21,14 @@ GOLDEN = Path(__file__).parent / "golden" / "dryrun_v5.1_deepspeed_4x8_apptainer
 V51_DS = REPO / "configs" / "jobs" / "v5.1_control_deepspeed.yaml"
 
 
-def four_by_eight():
+GPU_NODE = resources.NodeShape(cpus=96, memory_mb=2_000_000, gpus=8, gpu_type="h100")
+
+
+def four_by_eight(**options):
+    """`submit.py --nodes 4 --gpus-per-node 8` on a partition of 96-core 8-GPU nodes (sinfo's answer)."""
     return jobs.build_spec({"nodes": 4, "gpus_per_node": 8, "image": "/images/easyanimate.sif",
-                            "job_dir": "/scratch/runs/v51", "partition": "gpu", "account": "video"},
-                           job_file=str(V51_DS), cwd=REPO)
+                            "job_dir": "/scratch/runs/v51", "partition": "gpu", "account": "video", **options},
+                           job_file=str(V51_DS), cwd=REPO, shape=GPU_NODE)
 
 
 def options(argv: list[str]) -> dict:
@@ -53,8 +57,10 @@ def test_dry_run_4x8_apptainer_matches_golden_line_by_line():
 
 def test_dry_run_script_asks_slurm_for_what_the_job_needs():
     script = render.sbatch_script(four_by_eight())
-    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --signal=USR2@300", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:8",
+                 "#SBATCH --cpus-per-task=96", "#SBATCH --mem=0", "#SBATCH --exclusive",
+                 'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}"',
+                 "#SBATCH --signal=USR2@210", "#SBATCH --requeue", "#SBATCH --open-mode=append",
                  "#SBATCH --partition=gpu", "#SBATCH --account=video", f"#SBATCH --chdir={REPO}",
                  "#SBATCH --output=/scratch/runs/v51/logs/%j_0_log.out", "trap 'batch_signal=TERM' TERM"):
         assert line in script.splitlines(), line

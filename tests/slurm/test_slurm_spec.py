@@ -88,12 +88,33 @@ def test_spec_survives_the_json_round_trip():
     assert specs.from_json(specs.to_json(spec)) == spec
 
 
-def test_lead_time_warns_when_measured_save_does_not_fit():
-    spec = build({"signal_lead_s": 90})
-    assert jobs.lead_time_warnings(spec, measured=10.0, grace=None) == []
-    assert "raise it to at least 100" in jobs.lead_time_warnings(spec, measured=40.0, grace=None)[0]
-    assert "GraceTime=30" in " ".join(jobs.lead_time_warnings(spec, measured=20.0, grace=30))
-    assert "no save time measured" in jobs.lead_time_warnings(spec, measured=None, grace=None)[0]
+def test_lead_time_default_is_one_step_plus_this_models_save_plus_margin():
+    spec = build({"nodes": 1, "gpus_per_node": 8})  # the 12B default: the seed's model folder is not here
+    # ZeRO-2 on one 8-GPU node: 12 B x (2 bf16 module + 12 fp32 master/Adam) bytes = 168 GB at 1 GB/s, twice.
+    assert spec.signal_lead_s == 60 + 2 * 168 + 30
+    assert build({"nodes": 4, "gpus_per_node": 8}).signal_lead_s == 60 + 2 * 60 + 30  # node 0: 24 + 36 GB
+    assert build({"signal_lead_s": 90}).signal_lead_s == 90
+    line = jobs.lead_time_line(spec, None)
+    assert "168 GB" in line and "12B default" in line
+
+
+def test_lead_time_reads_the_model_size_from_the_transformer_config(tmp_path):
+    model = tmp_path / "model"
+    (model / "transformer").mkdir(parents=True)
+    (model / "transformer" / "config.json").write_text(
+        '{"num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 48, "mmdit_layers": 48}')
+    params, source = jobs.transformer_params(str(model))
+    assert 11e9 < params < 13e9 and "transformer/config.json" in source
+    assert jobs.transformer_params(str(tmp_path / "absent"))[0] == jobs.DEFAULT_PARAMS
+
+
+def test_lead_time_warns_when_the_lead_or_the_grace_time_is_too_short():
+    spec = build({"signal_lead_s": 200, "nodes": 4})
+    assert jobs.lead_time_warnings(spec, measured=10.0, grace=None) == []   # 60 + 2 x 10 + 30 = 110
+    assert "at least 230" in jobs.lead_time_warnings(spec, measured=70.0, grace=None)[0]
+    assert "GraceTime=60" in " ".join(jobs.lead_time_warnings(spec, measured=10.0, grace=60))
+    with pytest.raises(SpecError, match="does not fit in --time"):
+        build({"time": "5:00"})
 
 
 def test_nodes_accepts_a_min_max_range_and_a_count_replaces_it():
