@@ -238,14 +238,19 @@ def submit(spec: JobSpec) -> str:
     missing = missing_inputs(spec)
     if missing:
         raise SpecError("not submitted, the job would fail after the queue:\n  " + "\n  ".join(missing))
+    for warning in memory.job_report(spec)[1]:  # before the queue wait, not after it
+        logger.warning(warning)
+    return sbatch_job(spec)
+
+
+def sbatch_job(spec: JobSpec) -> str:
+    """Write the job folder and sbatch the script, unchecked (the preflight job runs its own program)."""
     job_dir = Path(spec.job_dir)
     render.log_folder(spec).mkdir(parents=True, exist_ok=True)  # sbatch opens --output before the script runs
     (job_dir / "job.json").write_text(specs.to_json(secrets.shown(spec)))
     secrets.write(spec)
     script = job_dir / "submission.sbatch"
     script.write_text(render.sbatch_script(spec))
-    for warning in memory.job_report(spec)[1]:  # before the queue wait, not after it
-        logger.warning(warning)
     done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=spec.root)
     if done.returncode != 0:
         raise SpecError(f"sbatch refused the job: {done.stderr.strip()}")

@@ -99,7 +99,7 @@ def submit(spec: JobSpec, **options) -> str:
         "job": job_facts(spec), "partition": partition_facts(spec.partition), "time": time.time()})
     (check_dir(spec.job_dir) / RESULT).unlink(missing_ok=True)
     (Path(spec.job_dir) / RESULT).unlink(missing_ok=True)
-    return jobs.submit(probe)
+    return jobs.sbatch_job(probe)
 
 
 def wait(job_dir: str | Path, job_id: str, *, timeout_s: float = 1800, poll_s: float = 2.0) -> str:
