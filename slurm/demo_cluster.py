@@ -72,7 +72,12 @@ def run_on_cluster(demo: Path, flags: list[str]) -> int:
         print(out, end="")
         job_id = re.search(r"submitted job (\d+)", out).group(1)
         output = Path(specs.read(job_dir / "job.json").output_dir)
-        step = wait_for(lambda: trained_step(output) >= PREEMPT_AFTER_STEP and trained_step(output), 600,
+        def logged_step() -> int:
+            try:
+                return trained_step(output)
+            except ValueError:  # the line being written
+                return 0
+        step = wait_for(lambda: logged_step() >= PREEMPT_AFTER_STEP and logged_step(), 600,
                         f"the demo to reach step {PREEMPT_AFTER_STEP}", every=1)
         print(f"training at step {step}: preempting it with a higher-priority job\n$ {' '.join(PREEMPTOR)}",
               flush=True)

@@ -3,12 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
 from easyanimate import curves
 
-REPO_ROOT = curves.Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_metrics(output, records, tail=""):

@@ -3,14 +3,20 @@ validation videos with the conditions beside the generated video (V5.1 control_r
 
 import json
 import re
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DDIMScheduler
 
-from easyanimate.training.validation import control_indices
-from test_training_behaviour import V5, V51, train
-from trainer_runs import metrics
+from easyanimate.config import TrainConfig, parse_args
+from easyanimate.data.transforms import resize_clip
+from easyanimate.training.validation import Validator, control_indices
+from test_training_behaviour import CONFIGS, REPO, V5, V51, train
+from trainer_runs import metrics, train_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +50,6 @@ def frames(path):
 def test_v51_run_logs_progress_writes_tensorboard_and_a_side_by_side_video(tiny_model_v51, demo_data, tmp_path):
     output = tmp_path / "out"
     # The trainer's default --report_to, tensorboard (train() passes none; a later flag wins).
-    from easyanimate.config import parse_args
     assert parse_args([]).report_to == "tensorboard"
     result = run(tiny_model_v51, demo_data, output, V51, "--report_to=tensorboard", "--log_every_s=3600")
 
@@ -67,8 +72,6 @@ def test_v51_run_logs_progress_writes_tensorboard_and_a_side_by_side_video(tiny_
     # The control panel is the control video read at the training stride (2), not at stride 1.
     control, reader = frames(control_video(demo_data))
     wanted = control_indices(len(reader), 9, 2)
-    from easyanimate.data.transforms import resize_clip
-    import torch
     expected = resize_clip(torch.from_numpy(control), 32, 32).permute(0, 2, 3, 1).numpy().astype(float)
     panel = video[:, :, :32].astype(float)
     at_stride = np.abs(panel - expected[wanted]).mean()
@@ -98,11 +101,6 @@ sys.exit(loop.train(run, preemption))
 
 
 def test_a_signal_before_a_due_validation_skips_it_and_saves_at_once(tiny_model_v51, demo_data, tmp_path):
-    import subprocess
-    import sys
-    from test_training_behaviour import CONFIGS, REPO
-    from trainer_runs import train_env
-
     output = tmp_path / "out"
     flags = [f"--pretrained_model_name_or_path={tiny_model_v51}", f"--train_data_dir={demo_data}",
              f"--train_data_meta={demo_data / 'metadata_control.json'}", f"--config_path={CONFIGS / V51[2]}",
@@ -118,10 +116,6 @@ def test_a_signal_before_a_due_validation_skips_it_and_saves_at_once(tiny_model_
 
 
 def test_validation_stops_before_the_next_prompt_once_a_signal_came(tmp_path, caplog):
-    from types import SimpleNamespace
-    from easyanimate.config import TrainConfig
-    from easyanimate.training.validation import Validator
-
     cfg = TrainConfig(output_dir=str(tmp_path), validation_prompts=["a", "b"], seed=1)
     model = SimpleNamespace(training=True, eval=lambda: None, train=lambda mode: None)
     run = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m, trackers=[]))
