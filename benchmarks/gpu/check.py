@@ -83,6 +83,11 @@ def spec_for(settings: Settings, work: Path, name: str, flags: list[str]):
     return jobs.build_spec(options, job_file=str(JOB), extra=flags, cwd=REPO)
 
 
+def python_path() -> str:
+    """This repository first, then whatever the caller had (gpu_check.sh's carried wheels)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -247,7 +252,7 @@ def _launch(settings: Settings, work: Path, name: str, output: Path, steps: int)
     spec = spec_for(settings, work, name, data_flags(work, settings, work / "model-bitwise", output, steps))
     node = NodeContext(job_id="0", num_nodes=1, node_rank=0, master_addr="127.0.0.1",
                        master_port=str(free_port()))
-    env = dict(os.environ, **command.training_env(spec), PYTHONPATH=str(REPO),
+    env = dict(os.environ, **command.training_env(spec), PYTHONPATH=python_path(),
                EASYANIMATE_GPU_CHECK_DETERMINISTIC="1", CUBLAS_WORKSPACE_CONFIG=":4096:8")
     log = open(work / f"{name}.log", "a")
     return subprocess.Popen(command.accelerate_argv(spec, node), cwd=REPO, env=env, stdout=log,
@@ -361,7 +366,7 @@ def _run_in_process(name: str, settings: Settings, work: Path) -> dict:
     argv += ["--dry-run"] if settings.tiny else []
     started = time.perf_counter()
     with open(work / f"part-{name}.log", "w") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log,
+        process = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONPATH=python_path()), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
             process.wait(timeout=limit)
