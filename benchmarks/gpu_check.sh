@@ -12,7 +12,7 @@ cd "$root"
 python="${PYTHON:-python3}"
 [[ -x "$root/.venv/bin/python" ]] && python="${PYTHON:-$root/.venv/bin/python}"
 wheels="$root/benchmarks/gpu/wheels"
-if ! "$python" -c "import diffusers, deepspeed, decord, submitit, av" 2>/dev/null; then
+if ! "$python" -c "import diffusers, deepspeed, decord, submitit, av" >/dev/null 2>&1; then
     if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
         echo "environment     FAIL  packages missing and no wheels in $wheels (run benchmarks/gpu/build_wheels.sh here, carry that folder)"
         exit 1
