@@ -1,7 +1,10 @@
 """Data loader throughput next to raw decord decoding of the same frames, in one run.
 
-Generates H.264 clips at 512x512 and 1024x576 (each its own control video), then for each resolution measures:
-- raw: decord ``get_batch`` of exactly the frames the loader reads (video + control), nothing else;
+Generates H.264 clips at 512x512 and 1024x576 (each its own control video) for 512 buckets, 1344x768 clips (the
+16:9 bucket itself) for the seed's 1024 video buckets and 1024x1024 JPEG images for its 1024 image buckets, then
+for each case measures:
+- raw: decord ``get_batch`` of exactly the frames the loader reads (video + control), or Pillow's decode of the
+  image and its control, nothing else;
 - loader: the full training DataLoader (decode + frame selection + resize/crop + collate to float [-1, 1]),
   with 1 worker and with N workers;
 and reports samples/s, frames/s (video + control frames decoded), the loader/raw throughput ratio, the CPU-time
@@ -30,31 +33,37 @@ import numpy as np  # noqa: E402
 
 from easyanimate.config import parse_args  # noqa: E402
 from easyanimate.data import build_train_dataloader  # noqa: E402
-from easyanimate.data.demo import _render_frame, _scene, _write_video  # noqa: E402
-from easyanimate.data.video import VideoClip  # noqa: E402
+from easyanimate.data.demo import _render_frame, _scene, _write_image, _write_video  # noqa: E402
+from easyanimate.data.video import VideoClip, read_image  # noqa: E402
 
-RESOLUTIONS = ((512, 512), (1024, 576))  # (width, height)
+# (data type, source width, source height, bucket side: None = --size); the last two are the seed's 1024 buckets.
+CASES = (("video", 512, 512, None), ("video", 1024, 576, None), ("video", 1344, 768, 1024),
+         ("image", 1024, 1024, 1024))
 
 
-def make_clips(folder: Path, width: int, height: int, count: int, length: int) -> Path:
-    """``count`` clips of ``length`` frames, metadata naming each clip as its own control."""
+def make_media(folder: Path, kind: str, width: int, height: int, count: int, length: int, copies: int) -> Path:
+    """``count`` clips of ``length`` frames (or images), each its own control, listed ``copies`` times."""
     entries = []
     for i in range(count):
-        path = folder / f"{width}x{height}_{i}.mp4"
-        frames = np.stack([_render_frame(s, height, width, (200, 60, 60), 0.2 * k)
-                           for k, s in enumerate(_scene(height, width, length, seed=i))])
-        _write_video(path, frames, fps=24)
+        path = folder / f"{width}x{height}_{i}.{'mp4' if kind == 'video' else 'jpg'}"
+        if not path.exists():
+            frames = np.stack([_render_frame(s, height, width, (200, 60, 60), 0.2 * k)
+                               for k, s in enumerate(_scene(height, width, length if kind == "video" else 1, i))])
+            if kind == "video":
+                _write_video(path, frames, fps=24)
+            else:
+                _write_image(path, frames[0])
         entries.append({"file_path": str(path), "control_file_path": str(path), "text": f"clip {i}",
-                        "type": "video", "width": width, "height": height})
-    meta = folder / f"meta_{width}x{height}.json"
-    meta.write_text(json.dumps(entries))
+                        "type": kind, "width": width, "height": height})
+    meta = folder / f"meta_{kind}_{width}x{height}.json"
+    meta.write_text(json.dumps(entries * copies))
     return meta
 
 
-def config(meta: Path, args, workers: int, repeat: int):
+def config(meta: Path, args, workers: int, repeat: int, size: int):
     return parse_args([f"--train_data_meta={meta}", "--enable_bucket", "--train_batch_size=1", "--seed=0",
-                       f"--video_sample_size={args.size}", f"--image_sample_size={args.size}",
-                       f"--token_sample_size={args.size}", f"--video_sample_n_frames={args.frames}",
+                       f"--video_sample_size={size}", f"--image_sample_size={size}",
+                       f"--token_sample_size={size}", f"--video_sample_n_frames={args.frames}",
                        f"--video_sample_stride={args.stride}", f"--video_repeat={repeat}",
                        f"--dataloader_num_workers={workers}", "--text_drop_ratio=0"])
 
@@ -82,6 +91,9 @@ def time_raw(train, samples: int) -> tuple[float, float]:
 
     def decode(request):
         sample = dataset.samples[request.index]
+        if sample.data_type == "image":
+            read_image(sample.file_path), read_image(sample.control_file_path)
+            return
         with VideoClip(sample.file_path) as video:
             indices = dataset.clip_indices(request, len(video))
             video.get(indices)
@@ -111,18 +123,22 @@ def time_loader(train) -> tuple[float, float, list[float], tuple]:
 def run(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for width, height in RESOLUTIONS:
-            meta = make_clips(Path(tmp), width, height, args.clips, args.length)
+        for kind, width, height, size in CASES:
+            size = size or args.size
             repeat = -(-args.samples // args.clips)
-            raw, raw_cpu = time_raw(build_train_dataloader(config(meta, args, 0, repeat), rank=0, world_size=1),
-                                    args.samples)
+            # Images appear once per epoch: list them `repeat` times instead of repeating videos.
+            copies = repeat if kind == "image" else 1
+            meta = make_media(Path(tmp), kind, width, height, args.clips, args.length, copies)
+            raw, raw_cpu = time_raw(build_train_dataloader(config(meta, args, 0, repeat, size), rank=0,
+                                                           world_size=1), args.samples)
             for workers in sorted({1, args.workers}):
-                train = build_train_dataloader(config(meta, args, workers, repeat), rank=0, world_size=1,
+                train = build_train_dataloader(config(meta, args, workers, repeat, size), rank=0, world_size=1,
                                                float_pixels=not args.uint8_pixels)
                 per_sample, cpu, rss, shape = time_loader(train)
                 decoded = 2 * shape[1]  # video + control frames per sample
-                rows.append({"source": f"{width}x{height}", "target": f"{shape[-1]}x{shape[-2]}x{shape[1]}",
-                             "workers": workers, "raw_samples_s": 1 / raw, "loader_samples_s": 1 / per_sample,
+                rows.append({"source": f"{kind} {width}x{height}", "bucket": size,
+                             "target": f"{shape[-1]}x{shape[-2]}x{shape[1]}", "workers": workers,
+                             "raw_samples_s": 1 / raw, "loader_samples_s": 1 / per_sample,
                              "loader_frames_s": decoded / per_sample, "ratio": raw / per_sample,
                              "cpu_ratio": raw_cpu / cpu, "peak_rss_mib_per_worker": [round(r) for r in rss]})
                 del train
@@ -143,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
     args = parser.parse_args(argv)
     rows = run(args)
-    print(f"{'source':<10} {'batch WxHxF':<13} {'workers':>7} {'raw smp/s':>10} {'loader smp/s':>13} "
+    print(f"{'source':<16} {'bucket':>6} {'batch WxHxF':<13} {'workers':>7} {'raw smp/s':>10} {'loader smp/s':>13} "
           f"{'frames/s':>9} {'loader/raw':>10} {'CPU raw/loader':>15}  peak RSS/worker MiB")
     for r in rows:
-        print(f"{r['source']:<10} {r['target']:<13} {r['workers']:>7} {r['raw_samples_s']:>10.2f} "
+        print(f"{r['source']:<16} {r['bucket']:>6} {r['target']:<13} {r['workers']:>7} {r['raw_samples_s']:>10.2f} "
               f"{r['loader_samples_s']:>13.2f} {r['loader_frames_s']:>9.1f} {r['ratio']:>10.2f} "
               f"{r['cpu_ratio']:>15.2f}  {r['peak_rss_mib_per_worker']}")
     main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -22,9 +22,12 @@ from .collate import Collate, to_float_batch
 from .dataset import ControlVideoDataset, LoadOptions, TooManyBadSamples
 from .metadata import Sample, load_metadata
 from .sampler import BucketBatchSampler, Item
-from .video import MediaError, MediaInfo, probe_many
+from .video import MediaError, MediaInfo, probe_many, start_decode_watchdog
 
 logger = logging.getLogger(__name__)
+
+# A clip decodes in well under a second; minutes mean a decoder call that will never return.
+DECODE_TIMEOUT_S = 300.0
 
 
 class TrainLoader(torch.utils.data.DataLoader):
@@ -127,3 +130,4 @@ def _single_threaded_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
     # SLURM signals every process of the step, workers included: the training process handles preemption.
     ignore_preemption_signals()
+    start_decode_watchdog(DECODE_TIMEOUT_S)

@@ -192,7 +192,7 @@ def build_run(cfg: TrainConfig) -> Run:
     data = build_train_dataloader(cfg, rank=rank, world_size=world, float_pixels=False,
                                   frame_interval=components.vae.config.get("mini_batch_encoder", 4) or 4)
     # Every rank must run the same number of steps, or the collectives of the last steps hang.
-    steps_per_epoch = int(distributed.reduce_number(len(data.sampler), "min", accelerator.device))
+    steps_per_epoch = int(distributed.reduce_number(len(data.sampler), "min"))
     if steps_per_epoch == 0:
         raise ConfigError(f"--train_data_meta {cfg.train_data_meta}: no full batch of {cfg.train_batch_size} per "
                           f"rank across {world} ranks; add samples or lower --train_batch_size.")

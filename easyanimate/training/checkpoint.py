@@ -174,23 +174,7 @@ def verify(path: Path, *, collective: bool = True) -> list[str]:
             problems = verify_files(Path(path), manifest, share)
     except CheckpointError as error:
         problems.append(str(error))
-    return sorted(set(_gather(problems) if collective else problems))
-
-
-def _gather(items: list) -> list:
-    if not distributed.is_initialized():
-        return list(items)
-    everyone = [None] * distributed.world_size()
-    torch.distributed.all_gather_object(everyone, items)
-    return [item for rank_items in everyone for item in rank_items]
-
-
-def _from_rank0(value):
-    if not distributed.is_initialized():
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    return sorted(set(distributed.gather_lists(problems) if collective else problems))
 
 
 @contextlib.contextmanager
@@ -247,7 +231,7 @@ class Checkpointer:
                                "0 (pass --resume_from_checkpoint latest to continue)", self.output_dir)
             return None
         latest = resume_from_checkpoint == "latest"
-        candidates = _from_rank0(self.checkpoints() if latest else [self._named(resume_from_checkpoint)])
+        candidates = distributed.from_rank0(self.checkpoints() if latest else [self._named(resume_from_checkpoint)])
         skipped = []
         for candidate in candidates:
             problems = verify(candidate)
@@ -313,7 +297,8 @@ class Checkpointer:
         if rank == 0:
             _save_model_config(accelerator, temp)
         marks = {"write": time.monotonic()}
-        reported = dict(_gather(list(self._sync_and_digest(temp, lambda rel: _owner(rel) == rank).items())))
+        mine = self._sync_and_digest(temp, lambda rel: _owner(rel) == rank)
+        reported = dict(distributed.gather_lists(list(mine.items())))
         marks["fsync+checksum"] = time.monotonic()
         final, error = runfolder.checkpoint_dir(self.output_dir, step), None
         if rank == 0:

@@ -141,7 +141,7 @@ def optimizer_step(run: Run, cursor: Cursor, losses: list[torch.Tensor]) -> dict
     if run.ema is not None:
         run.ema.step(run.model.parameters())
     cursor.global_step += 1
-    loss = distributed.reduce_number(torch.stack(losses).mean().item(), "mean", losses[0].device)
+    loss = distributed.reduce_number(torch.stack(losses).mean().item(), "mean")
     values = {"loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}
     return values | ({"grad_norm": norm} if norm is not None else {})
 

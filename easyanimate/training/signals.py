@@ -16,8 +16,6 @@ import signal
 import time
 from pathlib import Path
 
-import torch
-
 from easyanimate import distributed, runfolder
 from easyanimate.runfolder import PREEMPTION_SIGNALS, REQUEUE_EXIT_CODE  # noqa: F401 (the loop's exit code)
 
@@ -51,20 +49,13 @@ class PreemptionHandler:
 
     def stop_requested(self) -> bool:
         """True on every rank if any rank got a signal. A collective: call it at the same point on all ranks."""
-        return distributed.any_true(self.received is not None, device=_collective_device())
+        return distributed.any_true(self.received is not None)
 
     def write_requeue_marker(self, output_dir: str | Path, step: int, checkpoint: str | Path) -> Path:
         """Rank 0, after the signal-triggered save has committed on every rank."""
         return runfolder.write_marker(output_dir, runfolder.REQUEUE_MARKER, {
             "step": step, "signal": self.received, "checkpoint": str(checkpoint),
             "signal_received_at": self.received_at})
-
-
-def _collective_device() -> torch.device:
-    # NCCL reduces only CUDA tensors; gloo (CPU runs) only CPU ones.
-    if distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def write_complete_marker(output_dir: str | Path, step: int, checkpoint: str | Path | None = None) -> Path:

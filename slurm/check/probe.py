@@ -265,14 +265,6 @@ def _part(name: str, work, *args) -> dict:
         return {"error": f"{name}: {type(error).__name__}: {error}"}
 
 
-def _gather(value):
-    if not distributed.is_initialized():
-        return [value]
-    everyone = [None] * distributed.world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone
-
-
 def run(args: argparse.Namespace) -> dict:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -288,8 +280,8 @@ def run(args: argparse.Namespace) -> dict:
     distributed.barrier()
     folder = Path(args.output_dir) / f".preflight-{os.environ.get('SLURM_JOB_ID', os.getpid())}"
     store = _part("storage", write_test, folder, args.storage_mib) if distributed.local_rank() == 0 else None
-    writes = [w for w in _gather(store) if w is not None]
-    facts = {"ranks": _gather(record), "signal_test": {**signal_test, "save_s": args.save_s}}
+    writes = [w for w in distributed.gather_lists([store]) if w is not None]
+    facts = {"ranks": distributed.gather_lists([record]), "signal_test": {**signal_test, "save_s": args.save_s}}
     if not distributed.is_main():
         return facts
     errors = [w["error"] for w in writes if "error" in w]
