@@ -13,7 +13,6 @@ reports it: a broken part is a FAIL row, not a missing table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -246,6 +245,7 @@ def model_facts(model: str, config_path: str | None) -> dict:
 # ---- main -----------------------------------------------------------------------------------------------------
 
 def _init(results: Path) -> torch.device:
+    """The process group of the job's backend; returns the device its collectives use (distributed.py's rule)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return torch.device("cpu")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -255,7 +255,7 @@ def _init(results: Path) -> torch.device:
         os.environ.setdefault("NCCL_DEBUG_FILE", str(results / "nccl.%h.%p.log"))
         torch.cuda.set_device(distributed.local_rank())
     dist.init_process_group(backend, timeout=timedelta(minutes=5))
-    return torch.device("cuda", distributed.local_rank()) if backend == "nccl" else torch.device("cpu")
+    return distributed.collective_device()
 
 
 def _part(name: str, work, *args) -> dict:
