@@ -62,3 +62,11 @@ def test_launch_chain_in_the_container_survives_usr1_and_usr2_sent_to_every_proc
     _, err = chain.communicate(timeout=60)
     assert chain.returncode == 0, f"the chain died (exit {chain.returncode}):\n{err}"
     assert "runtime: apptainer" in err and "ignored: SIGUSR1 SIGUSR2" in err
+
+
+def test_node_report_decodes_sigign_and_sigcgt_masks():
+    from slurm import inside
+    # SigIgn bits 10 and 12 (USR1, USR2), SigCgt bit 15 (TERM) and bit 2 (INT).
+    status = "Name:\tpython\nSigIgn:\t0000000000000a00\nSigCgt:\t0000000000004002\n"
+    assert inside.dispositions(status) == {"ignored": ["SIGUSR1", "SIGUSR2"], "caught": ["SIGTERM", "SIGINT"],
+                                           "default": ["SIGHUP"]}
