@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -159,9 +160,9 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = command.training_env(spec)
+    env = {**command.training_env(spec), **command.launcher_env(spec, node)}
     hardware = nccl.detect_hardware()
-    for warning in nccl.warnings(env, hardware):
+    for warning in nccl.warnings(env, hardware, profile=spec.nccl):
         logger.warning("NCCL: %s", warning)
     logger.info("node %d/%d on %s: master %s:%s, NCCL profile %r: %s", node.node_rank, node.num_nodes,
                 socket.gethostname(), node.master_addr, node.master_port, spec.nccl,
@@ -169,24 +170,84 @@ def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
     return env
 
 
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+MASTER_PORT_TRIES = 64
+
+
+def agree_master_port(node: NodeContext, folder: Path, *, free=port_free, timeout_s: float = 300) -> NodeContext:
+    """The job's stable port may be taken on the master host (another job, a stale process): node 0 takes the
+    first free one from there and publishes it in the attempt folder, which every node sees; the others wait
+    for it. A taken port is skipped, not a crash of the rendezvous."""
+    path = folder / "master_port.json"
+    if node.node_rank == 0:
+        first = int(node.master_port)
+        port = next((p for p in range(first, first + MASTER_PORT_TRIES) if free(p)), None)
+        if port is None:
+            raise RuntimeError(f"ports {first}-{first + MASTER_PORT_TRIES - 1} are all taken on {socket.gethostname()}")
+        if port != first:
+            logger.warning("master port %d is taken on %s; using %d", first, socket.gethostname(), port)
+        runfolder.write_json_atomic(path, {"port": port, "host": socket.gethostname()})
+    else:
+        deadline = time.monotonic() + timeout_s
+        while (published := runfolder.read_json(path)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node 0 did not publish the master port in {path} within {timeout_s:.0f}s")
+            time.sleep(0.2)
+        port = published["port"]
+    return dataclasses.replace(node, master_port=str(port))
+
+
+def _write_env_file(path: Path, env: dict[str, str]) -> None:
+    # 0600 from the first byte: --env values may be credentials.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(command.env_file_text(env))
+
+
+def _config_error(record: dict, path: Path, node: NodeContext, problem: str) -> int:
+    record.update(config_error=problem, exit_code=command.CONFIG_ERROR_EXIT, ended=time.time())
+    runfolder.write_json_atomic(path, record)
+    logger.error("node %d cannot start training: %s", node.node_rank, problem)
+    return command.CONFIG_ERROR_EXIT
+
+
 def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False) -> int:
     folder = command.attempt_dir(spec, node)
     folder.mkdir(parents=True, exist_ok=True)
     (Path(spec.job_dir) / "nccl_trace").mkdir(exist_ok=True)  # where the flight recorder dumps on a timeout
-    env = node_environment(spec, node)
-    argv = command.node_argv(spec, node)
-    if spec.container == "apptainer":
-        command.env_file(spec, node).write_text(command.env_file_text(env))
     record_path = folder / f"node{node.node_rank}.json"
-    record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
-              "argv": argv, "signals": []}
+    record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(), "signals": []}
+    runtime = command.find_runtime() if spec.container != "none" else None
+    problem = command.container_problem(spec, runtime)
+    if problem:
+        return _config_error(record, record_path, node, problem)
+    node = agree_master_port(node, folder)
+    env = node_environment(spec, node)
+    argv = command.node_argv(spec, node, runtime or "apptainer")
+    if runtime:
+        _write_env_file(command.env_file(spec, node), env)
+        child_env = {**os.environ, **command.passthrough_env(dict(os.environ), runtime)}
+    else:
+        child_env = {**os.environ, **env}
+    record["argv"] = argv
     runfolder.write_json_atomic(record_path, record)
     logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
-    # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
-    # through exec; the trainer installs its own handlers, so only the training processes act on them.
+    # USR1/USR2 ignored for the launcher chain; inside.py sets them again after the container runtime (a Go
+    # program resets them). The trainer installs its own handlers, so only the training processes act on them.
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
-    child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root)
+    try:
+        child = subprocess.Popen(argv, env=child_env, cwd=spec.root)
+    except OSError as error:
+        return _config_error(record, record_path, node, f"cannot start {argv[0]}: {error}")
     signals = SignalLog(record, record_path, child if forward_signals else None)
     signals.install()
     exit_code = child.wait()
@@ -232,7 +293,8 @@ def end(spec: JobSpec, node: NodeContext, srun_status: int, batch_signal: str, *
     record = runfolder.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
     record["outcome"] = attempts.outcome_dict(outcome)
     runfolder.write_json_atomic(folder / "attempt.json", record)
-    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) else logger.info
+    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE, attempts.CONFIG_ERROR) \
+        else logger.info
     log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
     if outcome.requeue:
         error = requeue(node.job_id)

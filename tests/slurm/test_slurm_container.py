@@ -5,8 +5,11 @@ survives every preemption signal, a missing runtime or image is a configuration 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,3 +73,87 @@ def test_node_report_decodes_sigign_and_sigcgt_masks():
     status = "Name:\tpython\nSigIgn:\t0000000000000a00\nSigCgt:\t0000000000004002\n"
     assert inside.dispositions(status) == {"ignored": ["SIGUSR1", "SIGUSR2"], "caught": ["SIGTERM", "SIGINT"],
                                            "default": ["SIGHUP"]}
+
+
+def _spec(tmp_path: Path, image: str | None = None, **options):
+    """A one-node CPU job; ``image`` is set after submit-time checks (a node may lack what the submitter saw)."""
+    from slurm import jobs
+    present = standin_runtime.make_image(tmp_path / "present.sif")
+    values = {"job_dir": str(tmp_path / "job"), "container": "apptainer", "image": str(present),
+              "gpus_per_node": 0, "nodes": 1, "processes_per_node": 1, "deepspeed": False, **options}
+    if values["container"] == "none":
+        values["image"] = None
+    spec = jobs.build_spec(values, job_file=str(REPO / "configs/jobs/demo.yaml"), cwd=REPO)
+    spec.image = image if image is not None else spec.image
+    return spec
+
+
+def _node(rank: int = 0, nodes: int = 1):
+    from slurm.command import NodeContext
+    return NodeContext(job_id="77", num_nodes=nodes, node_rank=rank, master_addr="127.0.0.1", master_port="20077")
+
+
+@pytest.mark.parametrize("case", ["no runtime", "no image"])
+def test_missing_runtime_or_image_is_a_configuration_error_never_requeued(case, standin_bin, standin_image,
+                                                                           tmp_path, monkeypatch):
+    from slurm import attempts, command
+    image = tmp_path / "missing.sif" if case == "no image" else standin_image
+    spec = _spec(tmp_path, image=str(image))
+    monkeypatch.setenv("PATH", standin_runtime.path_with(standin_bin if case == "no image" else None))
+    assert launch.run_node(spec, _node()) == command.CONFIG_ERROR_EXIT
+    folder = command.attempt_dir(spec, _node())
+    outcome = attempts.classify(launch.gather(spec, folder, 1, command.CONFIG_ERROR_EXIT, "", job_info={}))
+    assert outcome.kind == attempts.CONFIG_ERROR and not outcome.requeue
+    assert ("apptainer nor singularity" if case == "no runtime" else "does not exist") in outcome.detail
+
+
+def test_singularity_is_used_where_apptainer_is_absent(tmp_path):
+    from slurm import command
+    found = {"singularity": "/opt/singularity/bin/singularity"}
+    assert command.find_runtime(found.get) == "/opt/singularity/bin/singularity"
+    assert command.find_runtime({**found, "apptainer": "/usr/bin/apptainer"}.get) == "/usr/bin/apptainer"
+    passed = command.passthrough_env({"SLURM_JOB_ID": "5", "PYTHONPATH": "/home/u/lib"}, "/opt/bin/singularity")
+    assert passed == {"SINGULARITYENV_SLURM_JOB_ID": "5"}
+
+
+def test_the_container_sees_slurm_and_credentials_but_no_host_python_paths(standin_bin, standin_image, tmp_path):
+    from slurm import command
+    spec = _spec(tmp_path, image=str(standin_image), env={"FROM_ENV_FILE": "1"})
+    node = _node()
+    host = {**os.environ, "PYTHONPATH": "/host/lib", "PYTHONHOME": "/host", "SLURM_JOB_ID": "77",
+            "WANDB_API_KEY": "k", "PATH": standin_runtime.path_with(standin_bin)}
+    env_file = command.env_file(spec, node)
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(command.env_file_text(command.training_env(spec)))
+    argv = command.container_argv(spec, node) + ["python", "-c", "import json, os, site; print(json.dumps("
+                                                 "[dict(os.environ), site.ENABLE_USER_SITE]))"]
+    out = subprocess.run(argv, env={**host, **command.passthrough_env(host, "apptainer")}, capture_output=True,
+                         text=True, check=True).stdout
+    inside, user_site = json.loads(out)
+    assert "PYTHONPATH" not in inside and "PYTHONHOME" not in inside and user_site is False
+    assert inside["SLURM_JOB_ID"] == "77" and inside["WANDB_API_KEY"] == "k" and inside["FROM_ENV_FILE"] == "1"
+    assert inside["PYTHONNOUSERSITE"] == "1" and inside["PATH"].startswith(str(Path(sys.executable).parent))
+
+
+def test_one_process_without_deepspeed_runs_the_trainer_without_accelerates_simple_launcher(tmp_path):
+    from slurm import command
+    spec = _spec(tmp_path, container="none")
+    argv = command.accelerate_argv(spec, _node())
+    assert argv[:2] == [spec.train_python, spec.entry] and "accelerate.commands.launch" not in argv
+    assert command.launcher_env(spec, _node())["ACCELERATE_USE_CPU"] == "True"
+    for many in (_spec(tmp_path, container="none", deepspeed=True),
+                 _spec(tmp_path, container="none", processes_per_node=2)):
+        assert "accelerate.commands.launch" in command.accelerate_argv(many, _node())
+    assert "accelerate.commands.launch" in command.accelerate_argv(spec, _node(nodes=2))
+
+
+def test_a_taken_master_port_is_skipped_and_every_node_uses_the_one_node0_chose(tmp_path):
+    taken = socket.socket()
+    taken.bind(("", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    node0 = launch.agree_master_port(dataclasses.replace(_node(0, 2), master_port=str(port)), tmp_path)
+    taken.close()
+    assert int(node0.master_port) > port
+    node1 = launch.agree_master_port(_node(1, 2), tmp_path, timeout_s=5)
+    assert node1.master_port == node0.master_port
