@@ -27,7 +27,7 @@ CONFIG_ERROR_EXIT = 78  # EX_CONFIG: the node cannot start training as configure
 PASS_PREFIXES = ("SLURM_", "SRUN_", "SLURMD_", "EASYANIMATE_", "CUDA_", "NVIDIA_", "NCCL_", "FI_", "UCX_", "OMP_",
                  "MKL_", "HF_", "HUGGING_FACE_", "WANDB_", "TRANSFORMERS_", "DIFFUSERS_", "TOKENIZERS_", "TORCH_",
                  "LC_")
-PASS_NAMES = ("LANG", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM", "http_proxy", "https_proxy", "no_proxy",
+PASS_NAMES = ("PYTHONHASHSEED", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM", "http_proxy", "https_proxy", "no_proxy",
               "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 # Inside the image only: no user site-packages (~/.local is in the bound $HOME).
 CONTAINER_ENV = {"PYTHONNOUSERSITE": "1"}

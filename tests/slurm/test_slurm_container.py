@@ -20,6 +20,7 @@ import pytest
 import standin_runtime
 from slurm_jobs import REPO
 
+from easyanimate import runfolder
 from slurm import launch
 
 WAITER = ("import os, sys, time\n"
@@ -157,3 +158,57 @@ def test_a_taken_master_port_is_skipped_and_every_node_uses_the_one_node0_chose(
     assert int(node0.master_port) > port
     node1 = launch.agree_master_port(_node(1, 2), tmp_path, timeout_s=5)
     assert node1.master_port == node0.master_port
+
+
+# --- on the test cluster ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def container_env(slurm_env, standin_bin, monkeypatch):
+    """Jobs submitted from here find the stand-in runtime on the nodes' PATH (sbatch exports our environment)."""
+    monkeypatch.setenv("PATH", standin_runtime.path_with(standin_bin))
+    return slurm_env
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_one_process_job_in_the_container_survives_sigterm_with_a_committed_save(container_env, standin_image,
+                                                                               tmp_path):
+    import slurm_jobs as sj
+    options = sj.standin_options(tmp_path / "job", nodes=1, processes_per_node=1, container="apptainer",
+                                 image=str(standin_image), env={"STANDIN_SAVE_S": "1.5", "STANDIN_STEP_S": "0.2"})
+    spec, job_id = sj.submit(options, ["--max_train_steps=40", "--checkpointing_steps=100"])
+    job_dir, output = Path(spec.job_dir), Path(spec.output_dir)
+    sj.wait_for(lambda: (output / "ranks" / "rank0.json").is_file() and sj.running_attempt(job_dir, 0), 120,
+                "the trainer to start")
+    time.sleep(1.5)
+    # SIGTERM to every process of the step, SIGKILL after KillWait (5 s): the save (1.5 s here) must fit in that.
+    sj.run("scontrol", "requeue", job_id)
+    assert sj.wait_finished(job_id, 200) == "COMPLETED", sj.status_text(job_dir)
+    first, second = sj.attempt_records(job_dir)
+    node = json.loads((job_dir / "attempts" / f"{job_id}.0" / "node0.json").read_text())
+    # The chain waited for the save: the node saw the trainer's requeue exit, not its own launcher die of TERM,
+    # and the attempt was classified by its own end step, not settled afterwards by the next attempt.
+    assert node["signals"][0]["name"] == "TERM" and node["exit_code"] == runfolder.REQUEUE_EXIT_CODE, node
+    assert first["outcome"]["kind"] == "preempted", sj.status_text(job_dir)
+    assert "requeued by SLURM:" not in first["outcome"]["detail"], first["outcome"]
+    saved = first["outcome"]["step"]
+    assert saved and (output / f"checkpoint-{saved}" / "manifest.json").is_file()  # the 1.5 s save committed
+    assert second["resume_from"]["step"] == saved and second["outcome"]["kind"] == "completed"
+    assert "accelerate.commands.launch" not in node["argv"]
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_a_node_without_the_container_runtime_fails_the_job_as_a_configuration_error(slurm_env, standin_image,
+                                                                                     tmp_path, monkeypatch):
+    import slurm_jobs as sj
+    monkeypatch.setenv("PATH", standin_runtime.path_with(None))
+    options = sj.standin_options(tmp_path / "job", container="apptainer", image=str(standin_image))
+    spec, job_id = sj.submit(options, ["--max_train_steps=4"])
+    assert sj.wait_finished(job_id, 90) == "FAILED", sj.status_text(Path(spec.job_dir))
+    [record] = sj.attempt_records(Path(spec.job_dir))
+    assert record["outcome"]["kind"] == "config_error" and not record["outcome"]["requeue"]
+    assert "apptainer nor singularity" in record["outcome"]["detail"]
+    assert sj.attempts.scontrol_job(job_id)["Restarts"] == "0"
