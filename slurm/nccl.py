@@ -37,9 +37,10 @@ PROFILES: dict[str, dict[str, str]] = {
     # RoCE: the IB verbs transport over Ethernet; the GID index (RoCE v2, IPv4) is NCCL's own pick since 2.21.
     # Pin it with --env NCCL_IB_GID_INDEX=N only on a fabric where that pick is wrong.
     "roce": {"NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": "^lo,docker"},
-    # AWS EFA through the aws-ofi-nccl plugin (in the image). Device RDMA is left to the provider: forcing it
-    # breaks instance types without it (p4d has it, p3dn does not).
-    "efa": {"FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1", "NCCL_SOCKET_IFNAME": "^lo,docker"},
+    # AWS EFA through the aws-ofi-nccl plugin (in the image, as libnccl-net-ofi.so: used only when asked for).
+    # Device RDMA is left to the provider: forcing it breaks instance types without it (p4d has it, p3dn not).
+    "efa": {"NCCL_NET_PLUGIN": "ofi", "FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1",
+            "NCCL_SOCKET_IFNAME": "^lo,docker"},
     # The seed's two exports: TCP sockets between nodes, host memory between GPUs of one node.
     "ethernet": {"NCCL_IB_DISABLE": "1", "NCCL_P2P_DISABLE": "1"},
     # Workstation GPUs without peer-to-peer support (what accelerate forces for RTX 40xx).

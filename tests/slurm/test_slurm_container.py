@@ -212,3 +212,43 @@ def test_a_node_without_the_container_runtime_fails_the_job_as_a_configuration_e
     assert record["outcome"]["kind"] == "config_error" and not record["outcome"]["requeue"]
     assert "apptainer nor singularity" in record["outcome"]["detail"]
     assert sj.attempts.scontrol_job(job_id)["Restarts"] == "0"
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_demo_job_in_the_container_preempted_and_requeued_ends_with_the_host_runs_weights(
+        container_env, standin_image, tmp_path, tiny_model_v51, demo_data):
+    """The real trainer (tiny V5.1, DeepSpeed ZeRO-2 on CPU, two nodes) through the stand-in runtime: a partition
+    preemption (USR2, then TERM after GraceTime) and an scontrol requeue (TERM); the launch chains survive both,
+    and the final weights equal, bit for bit, an uninterrupted run on the host."""
+    import slurm_jobs as sj
+    import torch
+    from test_slurm_e2e import DEMO_JOB, demo_flags, interrupt_when_training, weights
+    steps = 36
+    flags = demo_flags(tiny_model_v51, demo_data) + [f"--max_train_steps={steps}", "--checkpointing_steps=12"]
+    common = {"nodes": 2, "collective_timeout_min": 3}
+    reference, ref_id = sj.submit({**common, "job_dir": str(tmp_path / "host")}, flags, job_file=DEMO_JOB)
+    assert sj.wait_finished(ref_id, 300) == "COMPLETED", sj.status_text(Path(reference.job_dir))
+
+    spec, job_id = sj.submit({**common, "job_dir": str(tmp_path / "container"), "container": "apptainer",
+                              "image": str(standin_image)}, flags, job_file=DEMO_JOB)
+    job_dir, output = Path(spec.job_dir), Path(spec.output_dir)
+    interruptions = [["sbatch", "-p", "high", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"],
+                     ["scontrol", "requeue", job_id]]
+    for n, action in enumerate(interruptions):
+        interrupt_when_training(job_dir, output, n, action)
+    assert sj.wait_finished(job_id, 400) == "COMPLETED", sj.status_text(job_dir)
+
+    records = sj.attempt_records(job_dir)
+    assert [r["outcome"]["kind"] for r in records] == ["preempted", "preempted", "completed"], sj.status_text(job_dir)
+    first_nodes = [json.loads(p.read_text()) for p in sorted((job_dir / "attempts" / f"{job_id}.0").glob("node*.json"))]
+    assert [n["signals"][0]["name"] for n in first_nodes] == ["USR2", "USR2"]  # preemption warns with --signal
+    assert all(n["exit_code"] == 0 for n in first_nodes), first_nodes  # no chain died of USR2 (exit 140)
+    for before, after in zip(records, records[1:]):
+        assert after["resume_from"]["step"] == before["outcome"]["step"] > 0
+    log = (job_dir / "logs").glob("*_0_log.err")
+    assert "signals for the launcher: ignored: SIGUSR1 SIGUSR2" in "".join(p.read_text() for p in log)
+    got, want = weights(output), weights(Path(reference.output_dir))
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), "container run's weights differ from the host run's"
