@@ -24,11 +24,12 @@ INSIDE = "slurm/inside.py"
 RUNTIMES = ("apptainer", "singularity")  # singularity where a site has not moved to apptainer yet
 CONFIG_ERROR_EXIT = 78  # EX_CONFIG: the node cannot start training as configured; never requeued
 # Host variables that enter the container despite --cleanenv (prefixes, then exact names).
-PASS_PREFIXES = ("SLURM_", "SRUN_", "SLURMD_", "EASYANIMATE_", "CUDA_", "NVIDIA_", "NCCL_", "FI_", "UCX_", "OMP_",
+PASS_PREFIXES = ("SLURM_", "SRUN_", "SLURMD_", "EASYANIMATE_", "NVIDIA_", "NCCL_", "FI_", "UCX_", "OMP_",
                  "MKL_", "HF_", "HUGGING_FACE_", "WANDB_", "TRANSFORMERS_", "DIFFUSERS_", "TOKENIZERS_", "TORCH_",
                  "LC_")
-PASS_NAMES = ("PYTHONHASHSEED", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM", "http_proxy", "https_proxy", "no_proxy",
-              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+# Not CUDA_HOME and the like: host paths that mean nothing (or the wrong toolkit) inside the image.
+PASS_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONHASHSEED", "LANG", "TZ", "TMPDIR", "USER",
+              "LOGNAME", "TERM", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 # Inside the image only: no user site-packages (~/.local is in the bound $HOME).
 CONTAINER_ENV = {"PYTHONNOUSERSITE": "1"}
 

@@ -227,7 +227,9 @@ def test_demo_job_in_the_container_preempted_and_requeued_ends_with_the_host_run
     from test_slurm_e2e import DEMO_JOB, demo_flags, interrupt_when_training, weights
     steps = 36
     flags = demo_flags(tiny_model_v51, demo_data) + [f"--max_train_steps={steps}", "--checkpointing_steps=12"]
-    common = {"nodes": 2, "collective_timeout_min": 3}
+    # One compile cache for both runs: DeepSpeed's CPU op is built by the first job, not by each (and not in a
+    # ~/.cache shared with every other checkout on the machine).
+    common = {"nodes": 2, "collective_timeout_min": 3, "cache_dir": str(tmp_path / "cache")}
     reference, ref_id = sj.submit({**common, "job_dir": str(tmp_path / "host")}, flags, job_file=DEMO_JOB)
     assert sj.wait_finished(ref_id, 300) == "COMPLETED", sj.status_text(Path(reference.job_dir))
 
