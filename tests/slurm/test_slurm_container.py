@@ -117,21 +117,29 @@ def test_singularity_is_used_where_apptainer_is_absent(tmp_path):
     assert passed == {"SINGULARITYENV_SLURM_JOB_ID": "5"}
 
 
-def test_the_container_sees_slurm_and_credentials_but_no_host_python_paths(standin_bin, standin_image, tmp_path):
+@pytest.mark.parametrize("name", ["apptainer", "singularity"])
+def test_the_container_sees_slurm_and_credentials_but_no_host_python_paths(name, standin_bin, standin_image,
+                                                                           tmp_path, monkeypatch):
     from slurm import command
+    bin_dir = tmp_path / "bin"  # a node that has only this runtime
+    bin_dir.mkdir()
+    os.symlink(standin_bin / "apptainer", bin_dir / name)
+    monkeypatch.setenv("PATH", standin_runtime.path_with(bin_dir))
+    runtime = command.find_runtime()
+    assert Path(runtime).name == name
     spec = _spec(tmp_path, image=str(standin_image), env={"FROM_ENV_FILE": "1"})
     node = _node()
     host = {**os.environ, "PYTHONPATH": "/host/lib", "PYTHONHOME": "/host", "SLURM_JOB_ID": "77",
-            "WANDB_API_KEY": "k", "PATH": standin_runtime.path_with(standin_bin)}
+            "WANDB_API_KEY": "k", "CUDA_HOME": "/host/cuda"}
     env_file = command.env_file(spec, node)
     env_file.parent.mkdir(parents=True)
     env_file.write_text(command.env_file_text(command.training_env(spec)))
-    argv = command.container_argv(spec, node) + ["python", "-c", "import json, os, site; print(json.dumps("
-                                                 "[dict(os.environ), site.ENABLE_USER_SITE]))"]
-    out = subprocess.run(argv, env={**host, **command.passthrough_env(host, "apptainer")}, capture_output=True,
+    argv = command.container_argv(spec, node, runtime) + [
+        "python", "-c", "import json, os, site; print(json.dumps([dict(os.environ), site.ENABLE_USER_SITE]))"]
+    out = subprocess.run(argv, env={**host, **command.passthrough_env(host, runtime)}, capture_output=True,
                          text=True, check=True).stdout
     inside, user_site = json.loads(out)
-    assert "PYTHONPATH" not in inside and "PYTHONHOME" not in inside and user_site is False
+    assert not {"PYTHONPATH", "PYTHONHOME", "CUDA_HOME"} & set(inside) and user_site is False
     assert inside["SLURM_JOB_ID"] == "77" and inside["WANDB_API_KEY"] == "k" and inside["FROM_ENV_FILE"] == "1"
     assert inside["PYTHONNOUSERSITE"] == "1" and inside["PATH"].startswith(str(Path(sys.executable).parent))
 
@@ -164,8 +172,9 @@ def test_a_taken_master_port_is_skipped_and_every_node_uses_the_one_node0_chose(
 
 @pytest.fixture
 def container_env(slurm_env, standin_bin, monkeypatch):
-    """Jobs submitted from here find the stand-in runtime on the nodes' PATH (sbatch exports our environment)."""
-    monkeypatch.setenv("PATH", standin_runtime.path_with(standin_bin))
+    """Jobs submitted from here find the stand-in runtime on the nodes' PATH (sbatch exports our environment), and
+    host jobs the same tools as the stand-in image (its PATH starts with the venv: one ninja, one compile cache)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{standin_runtime.path_with(standin_bin)}")
     return slurm_env
 
 

@@ -10,7 +10,8 @@
 //   - Its exit status is the command's, or 128+N when the command was killed by signal N.
 //   - The environment is built like apptainer's: the host's (or nothing with --cleanenv, apart from a few
 //     basics), then the image's own (%environment; here: the image file's KEY=VALUE lines, PATH among them,
-//     since the host PATH never enters a container), then APPTAINERENV_X / SINGULARITYENV_X (as X), then
+//     since the host PATH never enters a container), then APPTAINERENV_X / SINGULARITYENV_X (as X; run as
+//     `singularity`, only the latter), then
 //     --env-file and --env. APPTAINER_CONTAINER and APPTAINER_NAME are set.
 //   - IMAGE must exist (exit 255 and a FATAL line like the real one), binds must name existing sources, --pwd
 //     must exist. Binds are checked but not mounted: the tests bind every path at the same place.
@@ -183,7 +184,7 @@ func environment(o options) []string {
 	for _, kv := range image {
 		set(kv[0], kv[1])
 	}
-	for _, prefix := range []string{"SINGULARITYENV_", "APPTAINERENV_"} {
+	for _, prefix := range envPrefixes() {
 		for _, kv := range os.Environ() {
 			key, value, _ := strings.Cut(kv, "=")
 			if strings.HasPrefix(key, prefix) && len(key) > len(prefix) {
@@ -212,6 +213,15 @@ func environment(o options) []string {
 		list = append(list, key+"="+env[key])
 	}
 	return list
+}
+
+// envPrefixes: apptainer reads APPTAINERENV_X and, for compatibility, SINGULARITYENV_X; singularity (run as
+// that name) only SINGULARITYENV_X.
+func envPrefixes() []string {
+	if filepath.Base(os.Args[0]) == "singularity" {
+		return []string{"SINGULARITYENV_"}
+	}
+	return []string{"SINGULARITYENV_", "APPTAINERENV_"}
 }
 
 func contains(list []string, s string) bool {
