@@ -99,6 +99,11 @@ def launcher_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
             "ACCELERATE_DYNAMO_BACKEND": "NO"}
 
 
+def node_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
+    """Everything the training processes of this node get on top of the image (the env file's contents)."""
+    return {**training_env(spec), **launcher_env(spec, node)}
+
+
 def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
     if runs_trainer_directly(spec, node):
         return [spec.train_python, spec.entry, *spec.train_args]

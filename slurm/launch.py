@@ -160,7 +160,7 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = {**command.training_env(spec), **command.launcher_env(spec, node)}
+    env = command.node_env(spec, node)
     hardware = nccl.detect_hardware()
     for warning in nccl.warnings(env, hardware, profile=spec.nccl):
         logger.warning("NCCL: %s", warning)
