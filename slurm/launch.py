@@ -182,7 +182,8 @@ def port_free(port: int) -> bool:
 MASTER_PORT_TRIES = 64
 
 
-def agree_master_port(node: NodeContext, folder: Path, *, free=port_free, timeout_s: float = 300) -> NodeContext:
+def agree_master_port(node: NodeContext, folder: Path, *, free=port_free, timeout_s: float = 300,
+                      stop=lambda: False) -> NodeContext:
     """The job's stable port may be taken on the master host (another job, a stale process): node 0 takes the
     first free one from there and publishes it in the attempt folder, which every node sees; the others wait
     for it. A taken port is skipped, not a crash of the rendezvous."""
@@ -198,6 +199,8 @@ def agree_master_port(node: NodeContext, folder: Path, *, free=port_free, timeou
     else:
         deadline = time.monotonic() + timeout_s
         while (published := runfolder.read_json(path)) is None:
+            if stop():  # signalled while waiting: the caller will not start training
+                return node
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node 0 did not publish the master port in {path} within {timeout_s:.0f}s")
             time.sleep(0.2)
@@ -219,17 +222,28 @@ def _config_error(record: dict, path: Path, node: NodeContext, problem: str) -> 
     return command.CONFIG_ERROR_EXIT
 
 
+def _chain_dispositions() -> None:
+    """In the launcher chain's first process, before exec: USR1/USR2 ignored (inherited through exec; inside.py
+    sets them again after a container runtime, a Go program, reset them). The trainer installs its own handlers,
+    so only the training processes act on them."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False) -> int:
     folder = command.attempt_dir(spec, node)
     folder.mkdir(parents=True, exist_ok=True)
     (Path(spec.job_dir) / "nccl_trace").mkdir(exist_ok=True)  # where the flight recorder dumps on a timeout
     record_path = folder / f"node{node.node_rank}.json"
     record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(), "signals": []}
+    runfolder.write_json_atomic(record_path, record)
+    signals = SignalLog(record, record_path)
+    signals.install()  # from here on a signal is recorded, never fatal: SLURM may requeue while we start
     runtime = command.find_runtime() if spec.container != "none" else None
     problem = command.container_problem(spec, runtime)
     if problem:
         return _config_error(record, record_path, node, problem)
-    node = agree_master_port(node, folder)
+    node = agree_master_port(node, folder, stop=lambda: bool(signals.received))
     env = node_environment(spec, node)
     argv = command.node_argv(spec, node, runtime or "apptainer")
     if runtime:
@@ -239,25 +253,25 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
         child_env = {**os.environ, **env}
     record["argv"] = argv
     runfolder.write_json_atomic(record_path, record)
+    if signals.received:  # told to stop before training started: nothing to save, nothing to start
+        return _finish(record, record_path, node, 0)
     logger.info("node %d runs: %s", node.node_rank, " ".join(argv))
-    # USR1/USR2 ignored for the launcher chain; inside.py sets them again after the container runtime (a Go
-    # program resets them). The trainer installs its own handlers, so only the training processes act on them.
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
     try:
-        child = subprocess.Popen(argv, env=child_env, cwd=spec.root)
+        child = subprocess.Popen(argv, env=child_env, cwd=spec.root, preexec_fn=_chain_dispositions)
     except OSError as error:
         return _config_error(record, record_path, node, f"cannot start {argv[0]}: {error}")
-    signals = SignalLog(record, record_path, child if forward_signals else None)
-    signals.install()
-    exit_code = child.wait()
+    signals.forward_to = child if forward_signals else None
+    return _finish(record, record_path, node, child.wait())
+
+
+def _finish(record: dict, path: Path, node: NodeContext, exit_code: int) -> int:
     record.update(exit_code=exit_code, ended=time.time())
-    runfolder.write_json_atomic(record_path, record)
+    runfolder.write_json_atomic(path, record)
     logger.info("node %d: training exited %d; signals seen: %s", node.node_rank, exit_code,
-                [s["name"] for s in signals.received] or "none")
+                [s["name"] for s in record["signals"]] or "none")
     # torchrun reports any failed worker as 1, so the outcome lives in the markers; a node that was signalled
     # exits 0 so that srun --kill-on-bad-exit does not cut off ranks still committing the checkpoint.
-    return 0 if exit_code == 0 or signals.received else exit_code
+    return 0 if exit_code == 0 or record["signals"] else exit_code
 
 
 # --- end -----------------------------------------------------------------------------------------------------

@@ -166,6 +166,9 @@ def test_a_taken_master_port_is_skipped_and_every_node_uses_the_one_node0_chose(
     assert int(node0.master_port) > port
     node1 = launch.agree_master_port(_node(1, 2), tmp_path, timeout_s=5)
     assert node1.master_port == node0.master_port
+    # A node signalled while it waits for node 0 stops waiting (run_node then starts nothing).
+    waiting = launch.agree_master_port(_node(1, 2), tmp_path / "empty", timeout_s=60, stop=lambda: True)
+    assert waiting == _node(1, 2)
 
 
 # --- on the test cluster ----------------------------------------------------------------------------------------
@@ -245,18 +248,20 @@ def test_demo_job_in_the_container_preempted_and_requeued_ends_with_the_host_run
     spec, job_id = sj.submit({**common, "job_dir": str(tmp_path / "container"), "container": "apptainer",
                               "image": str(standin_image)}, flags, job_file=DEMO_JOB)
     job_dir, output = Path(spec.job_dir), Path(spec.output_dir)
-    interruptions = [["sbatch", "-p", "high", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"],
-                     ["scontrol", "requeue", job_id]]
+    # The preemption last (as in test_slurm_e2e): a requeued attempt could otherwise start before the
+    # preempting job and be preempted again before its nodes report.
+    interruptions = [["scontrol", "requeue", job_id],
+                     ["sbatch", "-p", "high", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"]]
     for n, action in enumerate(interruptions):
         interrupt_when_training(job_dir, output, n, action)
     assert sj.wait_finished(job_id, 400) == "COMPLETED", sj.status_text(job_dir)
 
     records = sj.attempt_records(job_dir)
     assert [r["outcome"]["kind"] for r in records] == ["preempted", "preempted", "completed"], sj.status_text(job_dir)
-    first_nodes = [json.loads(p.read_text()) for p in sorted((job_dir / "attempts" / f"{job_id}.0").glob("node*.json"))]
-    assert [n["signals"][0]["name"] for n in first_nodes] == ["USR2", "USR2"]  # preemption warns with --signal
+    preempted = [json.loads(p.read_text()) for p in sorted((job_dir / "attempts" / f"{job_id}.1").glob("node*.json"))]
+    assert [n["signals"][0]["name"] for n in preempted] == ["USR2", "USR2"]  # preemption warns with --signal
     # torchrun reports the trainer's requeue exit (75) as 1; a launch chain killed by USR2 would show 140 (128+12).
-    assert [n["exit_code"] for n in first_nodes] == [1, 1], first_nodes
+    assert [n["exit_code"] for n in preempted] == [1, 1], preempted
     for before, after in zip(records, records[1:]):
         assert after["resume_from"]["step"] == before["outcome"]["step"] > 0
     log = (job_dir / "logs").glob("*_0_log.err")
