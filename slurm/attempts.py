@@ -26,6 +26,7 @@ TIMEOUT_SLACK_S = 90
 
 COMPLETED, PREEMPTED, TIMED_OUT, CRASHED = "completed", "preempted", "timed_out", "crashed"
 NODE_FAILURE, CANCELLED, BUDGET_EXHAUSTED = "node_failure", "cancelled", "budget_exhausted"
+CONFIG_ERROR = "config_error"  # a node could not start training as configured (no container runtime, no image)
 BUDGETS = {PREEMPTED: "max_preemptions", TIMED_OUT: "max_timeouts", NODE_FAILURE: "max_node_failures"}
 
 
@@ -81,6 +82,11 @@ def classify(ev: Evidence) -> Outcome:
     if ev.complete_marker is not None:
         return Outcome(COMPLETED, f"training reached step {ev.complete_marker.get('step')}",
                        step=ev.complete_marker.get("step"), checkpoint=ev.complete_marker.get("checkpoint"))
+    misconfigured = [n for n in ev.nodes if n.get("config_error")]
+    if misconfigured:  # the same job would fail the same way: never requeued
+        n = misconfigured[0]
+        return Outcome(CONFIG_ERROR, f"node {n['node_rank']} ({n.get('hostname')}): {n['config_error']}; not "
+                       "requeued: fix the job and submit it again")
     first = _first_signal(ev.nodes)
     marker = ev.requeue_marker
     if ev.cancel_requested:

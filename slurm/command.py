@@ -2,12 +2,18 @@
 
 Pure functions of the job spec and the node's place in the job; ``launch.py`` runs what they build and
 ``--dry-run`` prints it. Standard library only.
+
+The container runs with ``--cleanenv``: a host PYTHONPATH, PYTHONHOME, virtualenv or ``~/.local`` must not
+shadow the image's pinned packages. What the job needs from the host (SLURM's variables, site NCCL/fabric
+settings, tracker and hub credentials, locale, proxies) is passed by name, through the runtime's own
+``APPTAINERENV_X`` channel (never written to disk); the training variables come from the job's env file.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +21,17 @@ from slurm import nccl
 from slurm.spec import JobSpec
 
 INSIDE = "slurm/inside.py"
+RUNTIMES = ("apptainer", "singularity")  # singularity where a site has not moved to apptainer yet
+CONFIG_ERROR_EXIT = 78  # EX_CONFIG: the node cannot start training as configured; never requeued
+# Host variables that enter the container despite --cleanenv (prefixes, then exact names).
+PASS_PREFIXES = ("SLURM_", "SRUN_", "SLURMD_", "EASYANIMATE_", "NVIDIA_", "NCCL_", "FI_", "UCX_", "OMP_",
+                 "MKL_", "HF_", "HUGGING_FACE_", "WANDB_", "TRANSFORMERS_", "DIFFUSERS_", "TOKENIZERS_", "TORCH_",
+                 "LC_")
+# Not CUDA_HOME and the like: host paths that mean nothing (or the wrong toolkit) inside the image.
+PASS_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONHASHSEED", "LANG", "TZ", "TMPDIR", "USER",
+              "LOGNAME", "TERM", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+# Inside the image only: no user site-packages (~/.local is in the bound $HOME).
+CONTAINER_ENV = {"PYTHONNOUSERSITE": "1"}
 
 
 @dataclass(frozen=True)
@@ -60,12 +77,36 @@ def training_env(spec: JobSpec) -> dict[str, str]:
         env.update(TORCH_EXTENSIONS_DIR=f"{cache}/torch_extensions", TRITON_CACHE_DIR=f"{cache}/triton")
     if spec.gpus_per_node == 0:
         env["DS_ACCELERATOR"] = "cpu"
+    if spec.container != "none":
+        env.update(CONTAINER_ENV)
     env.update(nccl.environment(spec.nccl, {}, collective_timeout_min=spec.collective_timeout_min))
     env.update(spec.env)
     return env
 
 
+def runs_trainer_directly(spec: JobSpec, node: NodeContext) -> bool:
+    """One process without DeepSpeed: accelerate would use its simple launcher (Popen + wait, no signal
+    handling), which dies of SIGTERM at once and so ends the SLURM task while the trainer is still saving. One
+    process needs no launcher: the trainer runs as the chain's last link and handles SIGTERM itself."""
+    return node.num_nodes * spec.procs_per_node == 1 and not spec.deepspeed
+
+
+def launcher_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
+    """What accelerate's simple launcher would have told the trainer, when we start the trainer ourselves."""
+    if not runs_trainer_directly(spec, node):
+        return {}
+    return {"ACCELERATE_USE_CPU": str(spec.gpus_per_node == 0), "ACCELERATE_MIXED_PRECISION": spec.mixed_precision,
+            "ACCELERATE_DYNAMO_BACKEND": "NO"}
+
+
+def node_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
+    """Everything the training processes of this node get on top of the image (the env file's contents)."""
+    return {**training_env(spec), **launcher_env(spec, node)}
+
+
 def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
+    if runs_trainer_directly(spec, node):
+        return [spec.train_python, spec.entry, *spec.train_args]
     world = node.num_nodes * spec.procs_per_node
     argv = [spec.train_python, "-m", "accelerate.commands.launch",
             "--num_machines", str(node.num_nodes), "--machine_rank", str(node.node_rank),
@@ -100,22 +141,46 @@ def binds(spec: JobSpec) -> list[str]:
     return [f"{p}:{p}:ro" for p in read_only] + [f"{p}:{p}" for p in writable] + list(spec.binds)
 
 
-def container_argv(spec: JobSpec, node: NodeContext) -> list[str]:
+def find_runtime(which=shutil.which) -> str | None:
+    """The container runtime on this node's PATH: apptainer, else singularity."""
+    return next((path for name in RUNTIMES if (path := which(name))), None)
+
+
+def container_problem(spec: JobSpec, runtime: str | None) -> str | None:
+    """Why this node cannot start the container (a configuration error, not a node failure), or None."""
+    if spec.container == "none":
+        return None
+    if runtime is None:
+        return (f"neither {' nor '.join(RUNTIMES)} is on PATH on this node: load it in the job's setup lines "
+                "(e.g. module load apptainer), or ask the site where it lives")
+    if not spec.image or not os.path.isfile(spec.image):
+        return (f"image {spec.image} does not exist on this node: build it (bash containers/build.sh) on a "
+                "filesystem every node sees, or fix --image")
+    return None
+
+
+def passthrough_env(environ: dict[str, str], runtime: str) -> dict[str, str]:
+    """Host variables the job needs inside despite --cleanenv, in the runtime's ``NAMEENV_X`` form."""
+    prefix = os.path.basename(runtime).upper() + "ENV_"
+    return {prefix + key: value for key, value in environ.items()
+            if key.startswith(PASS_PREFIXES) or key in PASS_NAMES}
+
+
+def container_argv(spec: JobSpec, node: NodeContext, runtime: str = "apptainer") -> list[str]:
     if spec.container == "none":
         return []
-    argv = ["apptainer", "exec"]
+    argv = [runtime, "exec", "--cleanenv"]
     if spec.gpus_per_node > 0:
         argv.append("--nv")
-    # Host variables pass into the container, but the image's own win over them: the env file always wins.
-    # No --cleanenv/--containall: they would drop SLURM_* as well.
+    # Inside: the image's environment, then the passed-through host variables, then the env file (which wins).
     argv += ["--bind", ",".join(binds(spec)), "--env-file", str(env_file(spec, node)),
              "--pwd", os.path.abspath(spec.root), spec.image]
     return argv
 
 
-def node_argv(spec: JobSpec, node: NodeContext) -> list[str]:
+def node_argv(spec: JobSpec, node: NodeContext, runtime: str = "apptainer") -> list[str]:
     """The full command one node runs: container, the in-container env report, then accelerate."""
-    return container_argv(spec, node) + [spec.train_python, INSIDE, "--", *accelerate_argv(spec, node)]
+    return container_argv(spec, node, runtime) + [spec.train_python, INSIDE, "--", *accelerate_argv(spec, node)]
 
 
 def env_file_text(env: dict[str, str]) -> str:

@@ -214,7 +214,7 @@ def resources_text(spec: JobSpec) -> str:
 
 
 def dry_run_text(spec: JobSpec, warnings: list[str] = ()) -> str:
-    env = command.training_env(spec)
+    env = command.node_env(spec, example_node(spec))
     lines = [f"# ---- sbatch script ({Path(spec.job_dir) / 'submission.sbatch'}) ----", render.sbatch_script(spec),
              f"# ---- per-node launch command (node 0 of {spec.nodes}; node i passes --machine_rank i) ----",
              node_command_text(spec), "",

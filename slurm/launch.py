@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -176,9 +177,9 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = {**command.training_env(spec), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
+    env = {**command.node_env(spec, node), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
     hardware = nccl.detect_hardware()
-    for warning in nccl.warnings(env, hardware):
+    for warning in nccl.warnings(env, hardware, profile=spec.nccl):
         logger.warning("NCCL: %s", warning)
     logger.info("node %d/%d on %s: master %s:%s, NCCL profile %r: %s", node.node_rank, node.num_nodes,
                 socket.gethostname(), node.master_addr, node.master_port, spec.nccl,
@@ -187,34 +188,101 @@ def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
     return env
 
 
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+MASTER_PORT_TRIES = 64
+
+
+def agree_master_port(node: NodeContext, folder: Path, *, free=port_free, timeout_s: float = 300,
+                      stop=lambda: False) -> NodeContext:
+    """The job's stable port may be taken on the master host (another job, a stale process): node 0 takes the
+    first free one from there and publishes it in the attempt folder, which every node sees; the others wait
+    for it. A taken port is skipped, not a crash of the rendezvous."""
+    path = folder / "master_port.json"
+    if node.node_rank == 0:
+        first = int(node.master_port)
+        port = next((p for p in range(first, first + MASTER_PORT_TRIES) if free(p)), None)
+        if port is None:
+            raise RuntimeError(f"ports {first}-{first + MASTER_PORT_TRIES - 1} are all taken on {socket.gethostname()}")
+        if port != first:
+            logger.warning("master port %d is taken on %s; using %d", first, socket.gethostname(), port)
+        runfolder.write_json_atomic(path, {"port": port, "host": socket.gethostname()})
+    else:
+        deadline = time.monotonic() + timeout_s
+        while (published := runfolder.read_json(path)) is None:
+            if stop():  # signalled while waiting: the caller will not start training
+                return node
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node 0 did not publish the master port in {path} within {timeout_s:.0f}s")
+            time.sleep(0.2)
+        port = published["port"]
+    return dataclasses.replace(node, master_port=str(port))
+
+
+def _config_error(record: dict, path: Path, node: NodeContext, problem: str) -> int:
+    record.update(config_error=problem, exit_code=command.CONFIG_ERROR_EXIT, ended=time.time())
+    runfolder.write_json_atomic(path, record)
+    logger.error("node %d cannot start training: %s", node.node_rank, problem)
+    return command.CONFIG_ERROR_EXIT
+
+
+def _chain_dispositions() -> None:
+    """In the launcher chain's first process, before exec: USR1/USR2 ignored (inherited through exec; inside.py
+    sets them again after a container runtime, a Go program, reset them). The trainer installs its own handlers,
+    so only the training processes act on them."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False) -> int:
     folder = command.attempt_dir(spec, node)
     folder.mkdir(parents=True, exist_ok=True)
     (Path(spec.job_dir) / "nccl_trace").mkdir(exist_ok=True)  # where the flight recorder dumps on a timeout
-    env = node_environment(spec, node)
-    argv = command.node_argv(spec, node)
-    if spec.container == "apptainer":
-        redact.write_private(command.env_file(spec, node), command.env_file_text(env))  # may hold secrets
     record_path = folder / f"node{node.node_rank}.json"
-    record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(),
-              "argv": redact.argv(argv), "signals": []}
+    record = {"node_rank": node.node_rank, "hostname": socket.gethostname(), "started": time.time(), "signals": []}
     runfolder.write_json_atomic(record_path, record)
+    signals = SignalLog(record, record_path)
+    signals.install()  # from here on a signal is recorded, never fatal: SLURM may requeue while we start
+    runtime = command.find_runtime() if spec.container != "none" else None
+    problem = command.container_problem(spec, runtime)
+    if problem:
+        return _config_error(record, record_path, node, problem)
+    node = agree_master_port(node, folder, stop=lambda: bool(signals.received))
+    env = node_environment(spec, node)
+    argv = command.node_argv(spec, node, runtime or "apptainer")
+    if runtime:
+        redact.write_private(command.env_file(spec, node), command.env_file_text(env))  # may hold secrets
+        child_env = {**os.environ, **command.passthrough_env(dict(os.environ), runtime)}
+    else:
+        child_env = {**os.environ, **env}
+    record["argv"] = redact.argv(argv)
+    runfolder.write_json_atomic(record_path, record)
+    if signals.received:  # told to stop before training started: nothing to save, nothing to start
+        return _finish(record, record_path, node, 0)
     logger.info("node %d runs: %s", node.node_rank, " ".join(redact.argv(argv)))
-    # The launcher chain (apptainer, accelerate, torchrun's agent) must survive USR1/USR2: they inherit "ignore"
-    # through exec; the trainer installs its own handlers, so only the training processes act on them.
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
-    child = subprocess.Popen(argv, env={**os.environ, **env}, cwd=spec.root)
-    signals = SignalLog(record, record_path, child if forward_signals else None)
-    signals.install()
-    exit_code = child.wait()
+    try:
+        child = subprocess.Popen(argv, env=child_env, cwd=spec.root, preexec_fn=_chain_dispositions)
+    except OSError as error:
+        return _config_error(record, record_path, node, f"cannot start {argv[0]}: {error}")
+    signals.forward_to = child if forward_signals else None
+    return _finish(record, record_path, node, child.wait())
+
+
+def _finish(record: dict, path: Path, node: NodeContext, exit_code: int) -> int:
     record.update(exit_code=exit_code, ended=time.time())
-    runfolder.write_json_atomic(record_path, record)
+    runfolder.write_json_atomic(path, record)
     logger.info("node %d: training exited %d; signals seen: %s", node.node_rank, exit_code,
-                [s["name"] for s in signals.received] or "none")
+                [s["name"] for s in record["signals"]] or "none")
     # torchrun reports any failed worker as 1, so the outcome lives in the markers; a node that was signalled
     # exits 0 so that srun --kill-on-bad-exit does not cut off ranks still committing the checkpoint.
-    return 0 if exit_code == 0 or signals.received else exit_code
+    return 0 if exit_code == 0 or record["signals"] else exit_code
 
 
 # --- end -----------------------------------------------------------------------------------------------------

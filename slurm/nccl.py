@@ -3,7 +3,9 @@
 NCCL's docs split its variables into system configuration (keep them in scripts) and debugging ones
 (NCCL_IB_DISABLE, NCCL_P2P_DISABLE, ...: "should not be used in production nor retained in scripts"). The seed
 exports NCCL_IB_DISABLE=1 and NCCL_P2P_DISABLE=1 unconditionally; here that is the ``ethernet`` profile, chosen
-on purpose, and a warning fires when it is chosen on hardware that has InfiniBand or NVLink.
+on purpose (so no debugging-variable warning), and a warning fires when it is chosen on hardware that has
+InfiniBand or NVLink. Profiles force only what NCCL cannot find out itself: NCCL >= 2.21 picks the RoCE GID
+index, and the EFA provider decides on device RDMA from the instance type.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ PROFILES: dict[str, dict[str, str]] = {
     # IB fabric: make sure IB is on (sites and images sometimes export IB_DISABLE) and keep the bootstrap off
     # loopback and docker bridges. Pin HCAs with --env NCCL_IB_HCA=mlx5_0,mlx5_1 if the node has spares.
     "infiniband": {"NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": "^lo,docker"},
-    # RoCE v2 is usually GID index 3.
-    "roce": {"NCCL_IB_DISABLE": "0", "NCCL_IB_GID_INDEX": "3", "NCCL_SOCKET_IFNAME": "^lo,docker"},
-    # AWS EFA through the aws-ofi-nccl plugin (must be in the image).
-    "efa": {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "FI_EFA_FORK_SAFE": "1",
+    # RoCE: the IB verbs transport over Ethernet; the GID index (RoCE v2, IPv4) is NCCL's own pick since 2.21.
+    # Pin it with --env NCCL_IB_GID_INDEX=N only on a fabric where that pick is wrong.
+    "roce": {"NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": "^lo,docker"},
+    # AWS EFA through the aws-ofi-nccl plugin (in the image, as libnccl-net-ofi.so: used only when asked for).
+    # Device RDMA is left to the provider: forcing it breaks instance types without it (p4d has it, p3dn not).
+    "efa": {"NCCL_NET_PLUGIN": "ofi", "FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1",
             "NCCL_SOCKET_IFNAME": "^lo,docker"},
     # The seed's two exports: TCP sockets between nodes, host memory between GPUs of one node.
     "ethernet": {"NCCL_IB_DISABLE": "1", "NCCL_P2P_DISABLE": "1"},
@@ -48,10 +52,15 @@ DEBUGGING_VARIABLES = ("NCCL_IB_DISABLE", "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE"
                        "NCCL_NET_GDR_LEVEL", "NCCL_ALGO", "NCCL_PROTO")
 
 
+COLLECTIVE_TIMEOUT_VARIABLE = "EASYANIMATE_COLLECTIVE_TIMEOUT_MIN"
+
+
 def environment(profile: str, overrides: dict[str, str], *, collective_timeout_min: int) -> dict[str, str]:
     """Effective variables: safety defaults, then the profile, then explicit overrides (which always win)."""
     env = dict(SAFETY)
     env["DEEPSPEED_TIMEOUT"] = str(collective_timeout_min)  # minutes, read by deepspeed.init_distributed
+    # The same for DDP jobs: the trainer's process group (accelerate) takes its timeout from here.
+    env[COLLECTIVE_TIMEOUT_VARIABLE] = str(collective_timeout_min)
     env.update(PROFILES[profile])
     env.update(overrides)
     return env
@@ -75,11 +84,13 @@ def _nvidia_smi_topology() -> str | None:
         return None
 
 
-def warnings(env: dict[str, str], hardware: dict) -> list[str]:
-    """Problems with the effective values on this node's hardware, worded for the job log."""
+def warnings(env: dict[str, str], hardware: dict, profile: str = "auto") -> list[str]:
+    """Problems with the effective values on this node's hardware, worded for the job log. A debugging variable
+    the chosen profile sets is a deliberate choice, not a leftover: only overrides of it are reported."""
     found = []
+    chosen = PROFILES.get(profile, {})
     for name in DEBUGGING_VARIABLES:
-        if name in env:
+        if name in env and chosen.get(name) != env[name]:
             found.append(f"{name}={env[name]} is an NCCL debugging variable (NCCL docs: not for production); "
                          "set it only as a workaround.")
     if env.get("NCCL_IB_DISABLE") == "1" and hardware.get("infiniband"):

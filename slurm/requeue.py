@@ -91,7 +91,7 @@ def close(spec: JobSpec, node: NodeContext, outcome: attempts.Outcome, job_info:
     record = runfolder.read_json(folder / "attempt.json") or {"job_id": node.job_id, "started": 0.0}
     record["outcome"] = attempts.outcome_dict(outcome)
     runfolder.write_json_atomic(folder / "attempt.json", record)
-    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE) or (
+    log = logger.error if outcome.kind in (attempts.CRASHED, attempts.NODE_FAILURE, attempts.CONFIG_ERROR) or (
         outcome.requeue is False and "could not" in outcome.detail) else logger.info
     log("attempt %s: %s — %s", node.attempt_id, outcome.kind, outcome.detail)
     return record["outcome"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# System packages the tests need (Debian; run as root): SLURM + munge for the real test cluster.
+# System packages the tests need (Debian; run as root): SLURM + munge for the real test cluster, Go for the
+# stand-in container runtime (tests/slurm/apptainer, built by the tests).
 set -euo pipefail
-packages=(slurm-wlm munge)
+packages=(slurm-wlm munge golang-go)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
 
 from easyanimate import distributed, redact
 from easyanimate.config import ConfigError, TrainConfig, fingerprint
@@ -63,7 +65,8 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         # The last block's text-stream outputs (to_add_out, txt_ff) never reach the loss: the text stream is
         # dropped after the last block. DDP must be told, or it waits for their gradients forever.
         # Gradients as views of DDP's buckets: one copy of the gradients instead of two (4 bytes/parameter in fp32).
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, gradient_as_bucket_view=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, gradient_as_bucket_view=True),
+                         *_process_group_timeout()],
         log_with=_available_trackers(cfg.report_to),
         project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                             logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)),
@@ -72,6 +75,13 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def _process_group_timeout() -> list[InitProcessGroupKwargs]:
+    """The collective timeout the SLURM layer hands every job (slurm/nccl.py): a dead peer fails a DDP job too,
+    not only a DeepSpeed one (which also reads DEEPSPEED_TIMEOUT)."""
+    minutes = os.environ.get("EASYANIMATE_COLLECTIVE_TIMEOUT_MIN")
+    return [InitProcessGroupKwargs(timeout=timedelta(minutes=float(minutes)))] if minutes else []
 
 
 def _available_trackers(report_to: str) -> list[str] | None:

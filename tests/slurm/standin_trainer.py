@@ -4,9 +4,10 @@ torchrun agent, gloo workers) but that trains nothing: a few floats change deter
 It honours the trainer's contract with the SLURM layer: the seed's flags, --resume_from_checkpoint latest,
 checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the real PreemptionHandler (signal
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
-STANDIN_STEP_S sets the step time; STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE
-makes rank 0's signal-triggered save fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after
-committing it (a stuck teardown). Each rank writes
+STANDIN_STEP_S sets the step time; STANDIN_SAVE_S makes every save take that long (a big model's save);
+STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE makes rank 0's signal-triggered save
+fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown).
+Each rank writes
 where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
 
@@ -37,6 +38,7 @@ def save(output: Path, step: int, weights: list[float]) -> Path:
     temp, final = output / f".tmp-checkpoint-{step}", output / f"checkpoint-{step}"
     temp.mkdir(parents=True, exist_ok=True)
     (temp / f"rank{distributed.rank()}.json").write_text(json.dumps({"step": step, "weights": weights}))
+    time.sleep(float(os.environ.get("STANDIN_SAVE_S", "0")))
     distributed.barrier()
     if distributed.is_main():
         (temp / "manifest.json").write_text(json.dumps({"step": step, "world_size": distributed.world_size()}))

@@ -75,11 +75,11 @@ def test_each_node_runs_accelerate_inside_apptainer_with_its_machine_rank(rank):
     node = NodeContext(job_id="4242", num_nodes=4, node_rank=rank, master_addr="gpu001",
                        master_port=str(command.master_port("4242")))
     argv = command.node_argv(spec, node)
-    assert argv[:3] == ["apptainer", "exec", "--nv"]
+    assert argv[:4] == ["apptainer", "exec", "--cleanenv", "--nv"]  # the image's packages, not the host's
     binds = argv[argv.index("--bind") + 1].split(",")
     assert f"{REPO}:{REPO}:ro" in binds and "/scratch/runs/v51:/scratch/runs/v51" in binds
     assert argv[argv.index("--env-file") + 1] == f"/scratch/runs/v51/attempts/4242.0/node{rank}.env"
-    assert "--containall" not in argv and "--cleanenv" not in argv
+    assert "--containall" not in argv  # keeps $HOME and /tmp: caches and the trainer's scratch
     image = argv.index("/images/easyanimate.sif")
     assert argv[image + 1:image + 4] == ["python", "slurm/inside.py", "--"]
     launch = argv[image + 4:]

@@ -1,0 +1,3 @@
+module easyanimate/tests/apptainer
+
+go 1.19
