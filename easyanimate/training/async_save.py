@@ -1,0 +1,137 @@
+"""Background checkpoint writes: stage a save in host memory, write it to disk on a thread.
+
+``stage(save)`` runs ``save`` (accelerate's ``save_state``, DeepSpeed's ``save_checkpoint`` inside it, our own
+``torch.save`` of the rank state) with ``torch.save`` and accelerate's safetensors writer intercepted: each
+intercepted call's object is copied to host memory (every tensor storage once, views kept as views) and the call
+is recorded instead of run. Training may then change every tensor; ``StagedWrite.write`` later makes the same
+call with the copy, so the files, their names and their format are those a synchronous save writes (tensors
+staged from a GPU are recorded as CPU tensors: every loader in the chain maps or copies them to the device).
+Small writes the libraries make otherwise (DeepSpeed's ``latest``, the model config) happen at once.
+``BackgroundWrite`` runs the writes on a daemon thread and keeps their outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StagedWrite:
+    """One deferred ``writer(obj, path, **kwargs)`` with ``obj`` already copied to host memory."""
+    writer: Callable
+    obj: Any
+    path: str
+    kwargs: dict = field(default_factory=dict)
+
+    def write(self) -> None:
+        self.writer(self.obj, self.path, **self.kwargs)
+
+
+def copy_to_host(obj: Any, storages: dict | None = None) -> Any:
+    """``obj`` with every tensor copied to (CPU) host memory; containers rebuilt, other leaves deep-copied.
+    ``storages`` maps a source storage to its copy, so tensors sharing a storage still share it (as torch.save
+    would write them) and each storage is copied once."""
+    storages = {} if storages is None else storages
+    if isinstance(obj, torch.Tensor):
+        return _copy_tensor(obj, storages)
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps the type and attributes (a state_dict's _metadata)
+        for key, value in obj.items():
+            out[key] = copy_to_host(value, storages)
+        return out
+    if isinstance(obj, list):
+        return [copy_to_host(value, storages) for value in obj]
+    if type(obj) is tuple:
+        return tuple(copy_to_host(value, storages) for value in obj)
+    if isinstance(obj, (str, bytes, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)):
+        return obj
+    return copy.deepcopy(obj)
+
+
+def _copy_tensor(tensor: torch.Tensor, storages: dict) -> torch.Tensor:
+    source = tensor.untyped_storage()
+    key = (source.device, source.data_ptr(), source.nbytes())
+    if key not in storages:
+        raw = torch.empty(0, dtype=torch.uint8, device=source.device).set_(source)
+        target = torch.empty(raw.shape, dtype=torch.uint8, pin_memory=raw.is_cuda)
+        target.copy_(raw, non_blocking=raw.is_cuda)
+        storages[key] = target.untyped_storage()
+    out = torch.empty(0, dtype=tensor.dtype).set_(storages[key], tensor.storage_offset(), tensor.size(),
+                                                  tensor.stride())
+    if isinstance(tensor, torch.nn.Parameter):
+        return torch.nn.Parameter(out, requires_grad=tensor.requires_grad)
+    return out.requires_grad_(tensor.requires_grad) if tensor.is_leaf and out.is_floating_point() else out
+
+
+@contextlib.contextmanager
+def _intercepted(staged: list[StagedWrite], storages: dict, copying: list[float]):
+    """Replace torch.save and accelerate's safetensors writer by recorders for the duration; ``copying[0]``
+    accumulates the seconds spent copying."""
+    import accelerate.utils.other as accelerate_other
+    originals = {(torch, "save"): torch.save, (accelerate_other, "safe_save_file"): accelerate_other.safe_save_file}
+
+    def recorder(original):
+        def record(obj, f, *args, **kwargs):
+            if args or not isinstance(f, (str, os.PathLike)):  # a file object cannot wait: write it now
+                return original(obj, f, *args, **kwargs)
+            started = time.perf_counter()
+            staged.append(StagedWrite(original, copy_to_host(obj, storages), os.fspath(f), kwargs))
+            copying[0] += time.perf_counter() - started
+        return record
+
+    for (module, name), original in originals.items():
+        setattr(module, name, recorder(original))
+    try:
+        yield
+    finally:
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
+
+
+def stage(save: Callable[[], None]) -> tuple[list[StagedWrite], float]:
+    """Run ``save`` with its torch.save/safetensors writes recorded and staged in host memory; returns the writes
+    and the seconds spent copying tensors (the rest of the time went into the libraries' own traversal)."""
+    staged: list[StagedWrite] = []
+    storages: dict = {}
+    copying = [0.0]
+    with _intercepted(staged, storages, copying):
+        save()
+    started = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+    return staged, copying[0] + time.perf_counter() - started
+
+
+class BackgroundWrite:
+    """``work()`` on a daemon thread; ``done`` without blocking, ``outcome`` (value or exception) after ``wait``.
+    A daemon, so a failing run does not hang at exit on a write nobody will commit."""
+
+    def __init__(self, work: Callable[[], Any], name: str):
+        self._work, self._value, self._error = work, None, None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._work()
+        except BaseException as error:  # noqa: BLE001 (handed to the main thread, which reports it on every rank)
+            self._error = error
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        self.wait()
+        return self._value, self._error
