@@ -181,6 +181,11 @@ class TrainConfig:
                               "exact resume).", X)
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
+    checkpointing_async: bool = opt(True, "Periodic checkpoints (every --checkpointing_steps) are staged in host "
+                                    "memory and written, fsynced and committed by a background thread while "
+                                    "training goes on (costs host RAM of one checkpoint per rank; the save after "
+                                    "a signal and the last one are always synchronous). false: every save "
+                                    "blocks training until it is on disk.", X)
 
     @property
     def model_folder(self) -> Path:
@@ -324,7 +329,7 @@ RESUME_NEUTRAL = {
     "resume_from_checkpoint", "max_train_steps", "num_train_epochs", "checkpointing_steps",
     "checkpoints_total_limit", "dataloader_num_workers", "validation_prompts", "validation_paths",
     "validation_steps", "validation_epochs", "report_to", "report_model_info", "local_rank", "output_dir",
-    "logging_dir", "sample_ledger", "save_on_signal", "low_vram", "tracker_project_name",
+    "logging_dir", "sample_ledger", "save_on_signal", "checkpointing_async", "low_vram", "tracker_project_name",
 }
 
 

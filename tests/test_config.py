@@ -24,7 +24,7 @@ resume_from_checkpoint validation_prompts validation_paths validation_steps vali
 tracker_project_name report_model_info push_to_hub hub_model_id hub_token
 """.split()
 OUR_FLAGS = ["max_bad_sample_fraction", "text_drop_ratio", "control_drop_ratio", "ref_drop_ratio", "sample_ledger",
-             "save_on_signal"]
+             "save_on_signal", "checkpointing_async"]
 
 
 def test_flag_set_is_the_originals_89_plus_ours():

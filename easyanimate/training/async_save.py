@@ -69,7 +69,8 @@ def _copy_tensor(tensor: torch.Tensor, storages: dict) -> torch.Tensor:
                                                   tensor.stride())
     if isinstance(tensor, torch.nn.Parameter):
         return torch.nn.Parameter(out, requires_grad=tensor.requires_grad)
-    return out.requires_grad_(tensor.requires_grad) if tensor.is_leaf and out.is_floating_point() else out
+    # torch.save records requires_grad of views too (DeepSpeed saves narrowed views of its fp32 partitions).
+    return out.requires_grad_(tensor.requires_grad) if out.is_floating_point() or out.is_complex() else out
 
 
 @contextlib.contextmanager

@@ -16,7 +16,9 @@ from easyanimate.training.checkpoint import CheckpointError, Checkpointer, read_
 
 def test_staged_copy_keeps_shared_storage_views_types_and_survives_later_writes():
     flat = torch.arange(12, dtype=torch.float32)
+    partition = torch.zeros(8, requires_grad=True)
     state = {"a": flat[:6].view(2, 3), "b": flat[6:], "p": torch.nn.Parameter(torch.ones(2)),
+             "narrowed": partition.narrow(0, 0, 4),
              "nested": [(flat, 3, "x")], "size": torch.Size([2])}
     staged = async_save.copy_to_host(state)
     flat.add_(100)  # training goes on
@@ -25,6 +27,7 @@ def test_staged_copy_keeps_shared_storage_views_types_and_survives_later_writes(
     assert staged["nested"][0][0].untyped_storage().data_ptr() == staged["a"].untyped_storage().data_ptr()
     assert staged["b"].storage_offset() == 6 and isinstance(staged["p"], torch.nn.Parameter)
     assert staged["nested"][0][1:] == (3, "x") and staged["size"] == torch.Size([2])
+    assert staged["narrowed"].requires_grad and staged["narrowed"].is_leaf  # as torch.save writes it
 
 
 def save_state(generator, step):
