@@ -8,6 +8,11 @@ renames the folder to ``output_dir/checkpoint-STEP``. A folder with that name th
 resume still re-checks sizes and checksums, because disks and people truncate files. DeepSpeed's own ``latest``
 file is written before other ranks' shards are on disk and is never read here. Old checkpoints are pruned only
 after a save has committed, and never the one just written.
+
+``save_in_background`` writes the same files: it stages them in host memory (``async_save``) and returns, a
+thread writes, fsyncs and checksums this rank's part, and at a later step boundary ``poll`` (one all-reduce:
+"is every rank's part durable?") lets rank 0 commit exactly as above. Any save first waits for one in flight, so
+commits happen in step order; a failed background write is raised on every rank and commits nothing.
 """
 
 from __future__ import annotations
@@ -359,9 +364,9 @@ class Checkpointer:
         return path
 
     @property
-    def in_flight(self) -> int | None:
-        """The step of the background save not yet committed, if any."""
-        return None if self._in_flight is None else self._in_flight.step
+    def in_flight(self) -> InFlight | None:
+        """The background save not yet committed, if any."""
+        return self._in_flight
 
     def _begin(self, step: int) -> Path:
         temp = self.output_dir / f"{TEMP_PREFIX}{step}"

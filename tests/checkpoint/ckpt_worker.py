@@ -119,7 +119,8 @@ def main(argv) -> int:
         optimizer.zero_grad()
         step += 1
         time.sleep(args.step_seconds)
-        logger.info("trained step %d (background save of step %s in flight)", step, checkpointer.in_flight)
+        logger.info("trained step %d (background save of step %s in flight)", step,
+                    checkpointer.in_flight and checkpointer.in_flight.step)
         checkpointer.poll()
         if step == args.signal_rank1_at and rank == 1:
             os.kill(os.getpid(), signal.SIGUSR1)

@@ -46,7 +46,7 @@ def test_background_save_writes_what_a_synchronous_save_writes_and_resumes_bit_f
     sync = Checkpointer(tmp_path / "sync").save(trainer[0], 3, save_state(generator, 3))
     background = Checkpointer(tmp_path / "async")
     promised = background.save_in_background(trainer[0], 3, save_state(generator, 3))
-    assert background.in_flight == 3 and not promised.exists()
+    assert background.in_flight.step == 3 and not promised.exists()
     train_steps(trainer, 3, generator)  # changes every tensor while the thread writes
     expected = weights(trainer[1])
     assert background.wait() == promised and background.in_flight is None and verify(promised) == []
@@ -79,7 +79,7 @@ def test_poll_commits_only_once_the_write_is_durable_and_a_failed_write_commits_
     checkpointer.save_in_background(trainer[0], 1, {"global_step": 1})
     assert checkpointer.poll() is None and runfolder.committed_checkpoints(tmp_path) == []
     release.set()
-    checkpointer._in_flight.writer.wait()
+    checkpointer.in_flight.writer.wait()
     assert checkpointer.poll() == tmp_path / "checkpoint-1" and verify(tmp_path / "checkpoint-1") == []
     assert checkpointer.poll() is None  # nothing in flight: no collective, nothing to do
 
