@@ -95,8 +95,9 @@ def run(args) -> dict:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
     results = {"dir": str(root), "models": []}
     for params in args.params:
-        results["models"].append(measure(root / f"{params:.0e}", params, args))
-    results["resume"] = time_resume(root / f"{args.params[-1]:.0e}" / f"run-{args.checksums[-1]}", args.params[-1])
+        results["models"].append(measure(root / f"{params:.3g}", params, args))
+    last = args.params[-1]
+    results["resume"] = time_resume(root / f"{last:.3g}" / f"run-{args.checksums[-1]}", last)
     if not args.dir:
         shutil.rmtree(root)
     return results
@@ -123,9 +124,11 @@ def measure(root: Path, params: float, args) -> dict:
                                   "ratio": min(raw) / min(save)}
     checkpointer = Checkpointer(root / "run-background", total_limit=1)
     step_s = min(timed_steps(model, optimizer, width, 3))
-    background = [timed_background_save(checkpointer, accelerator, model, optimizer, width, step + i + 1)
-                  for i in range(args.repeats)]
+    # The first background save allocates the staging memory (page faults); later ones reuse it.
+    first, *background = [timed_background_save(checkpointer, accelerator, model, optimizer, width, step + i + 1)
+                          for i in range(1 + args.repeats)]
     best = min(background, key=lambda r: r["stall_s"])
+    best["first_stall_s"] = first["stall_s"]
     sync_s = results["modes"].get("sampled-sha256", next(iter(results["modes"].values())))["save_s"]
     results["background"] = best | {"step_s": step_s, "step_slowdown": best["step_s_during"] / step_s,
                                     "stall_over_save": best["stall_s"] / sync_s,
@@ -195,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model['params'] / 1e6:>6.0f}M {mode:<16} {r['bytes'] / 1e9:>7.3f} {r['files']:>5} "
                   f"{r['raw_s']:>7.2f} {r['save_s']:>7.2f} {r['raw_gb_s']:>9.2f} {r['save_gb_s']:>10.2f} "
                   f"{r['ratio']:>19.2f}")
-    print(f"{'params':>7} {'stall s':>8} {'copy s':>7} {'stall/save':>10} {'copy/save':>9} {'commit after s':>14} "
-          f"{'steps':>5} {'step s':>7} {'step s during':>13} {'slowdown':>8}")
+    print(f"{'params':>7} {'stall s':>8} {'copy s':>7} {'stall/save':>10} {'copy/save':>9} {'1st stall s':>11} "
+          f"{'commit after s':>14} {'steps':>5} {'step s':>7} {'step s during':>13} {'slowdown':>8}")
     for model in results["models"]:
         b = model["background"]
         print(f"{model['params'] / 1e6:>6.0f}M {b['stall_s']:>8.2f} {b['copy_s']:>7.2f} {b['stall_over_save']:>10.3f} "
-              f"{b['copy_over_save']:>9.3f} {b['commit_after_s']:>14.2f} {b['steps_during']:>5} {b['step_s']:>7.2f} "
-              f"{b['step_s_during']:>13.2f} {b['step_slowdown']:>8.2f}")
+              f"{b['copy_over_save']:>9.3f} {b['first_stall_s']:>11.2f} {b['commit_after_s']:>14.2f} "
+              f"{b['steps_during']:>5} {b['step_s']:>7.2f} {b['step_s_during']:>13.2f} {b['step_slowdown']:>8.2f}")
     resume = results["resume"]
     print("resume: " + ", ".join(f"{k} {v:.2f}" for k, v in resume.items()))
     if args.json:

@@ -250,6 +250,7 @@ class Checkpointer:
         self.checksum = checksum
         self._cleanup: threading.Thread | None = None
         self._in_flight: InFlight | None = None
+        self._host = async_save.HostBuffers()
 
     # ---- finding ----
 
@@ -334,7 +335,7 @@ class Checkpointer:
         self.wait()
         started = time.monotonic()
         temp = self._begin(step)
-        writes, copy_s = async_save.stage(lambda: self._write_state(accelerator, temp, state))
+        writes, copy_s = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host)
         self._in_flight = InFlight(step, temp, _uses_deepspeed(accelerator), started, time.monotonic() - started,
                                    copy_s, async_save.BackgroundWrite(lambda: self._write_staged(temp, writes),
                                                                       name=f"checkpoint-{step}-writer"))
@@ -354,6 +355,7 @@ class Checkpointer:
         if flight is None:
             return None
         files, error = flight.writer.outcome()
+        self._host.release()
         marks = {"stall": flight.started + flight.stall_s, "background write+fsync+checksum": time.monotonic()}
         path = self._agree_and_commit(flight.step, flight.temp, flight.deepspeed,
                                       (files, None if error is None else f"{type(error).__name__}: {error}"),

@@ -30,6 +30,17 @@ def test_staged_copy_keeps_shared_storage_views_types_and_survives_later_writes(
     assert staged["narrowed"].requires_grad and staged["narrowed"].is_leaf  # as torch.save writes it
 
 
+def test_staging_memory_is_reused_by_the_next_save_only_after_the_previous_one_is_written():
+    buffers = async_save.HostBuffers()
+    first = async_save.copy_to_host({"w": torch.ones(1000)}, buffers=buffers)
+    second = async_save.copy_to_host({"w": torch.full((1000,), 2.0)}, buffers=buffers)  # first still in use
+    assert first["w"].data_ptr() != second["w"].data_ptr() and first["w"].sum() == 1000
+    buffers.release()
+    third = async_save.copy_to_host({"w": torch.full((1000,), 3.0)}, buffers=buffers)
+    assert third["w"].data_ptr() in (first["w"].data_ptr(), second["w"].data_ptr())
+    assert torch.equal(third["w"], torch.full((1000,), 3.0))
+
+
 def save_state(generator, step):
     return {"global_step": step, "rng": rng_state.capture({"g": generator})}
 
