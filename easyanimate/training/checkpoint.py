@@ -230,6 +230,7 @@ class InFlight:
     deepspeed: bool
     started: float
     stall_s: float
+    barrier_s: float
     copy_s: float
     writer: async_save.BackgroundWrite
 
@@ -335,10 +336,12 @@ class Checkpointer:
         self.wait()
         started = time.monotonic()
         temp = self._begin(step)
+        barrier_s = time.monotonic() - started
         writes, copy_s = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host)
         self._in_flight = InFlight(step, temp, _uses_deepspeed(accelerator), started, time.monotonic() - started,
-                                   copy_s, async_save.BackgroundWrite(lambda: self._write_staged(temp, writes),
-                                                                      name=f"checkpoint-{step}-writer"))
+                                   barrier_s, copy_s,
+                                   async_save.BackgroundWrite(lambda: self._write_staged(temp, writes),
+                                                              name=f"checkpoint-{step}-writer"))
         return runfolder.checkpoint_dir(self.output_dir, step)
 
     def poll(self) -> Path | None:
@@ -361,8 +364,8 @@ class Checkpointer:
                                       (files, None if error is None else f"{type(error).__name__}: {error}"),
                                       flight.started, marks)
         if distributed.is_main():
-            logger.info("checkpoint %s was staged in %.2f s (tensor copy %.2f s): training stalled that long",
-                        path, flight.stall_s, flight.copy_s)
+            logger.info("checkpoint %s was staged in %.2f s (waiting for the other ranks %.2f s, tensor copy "
+                        "%.2f s): training stalled that long", path, flight.stall_s, flight.barrier_s, flight.copy_s)
         return path
 
     @property
