@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 @dataclass
@@ -61,35 +62,40 @@ class HostBuffers:
         self._in_use = []
 
 
-def copy_to_host(obj: Any, storages: dict | None = None, buffers: HostBuffers | None = None) -> Any:
+def copy_to_host(obj: Any, storages: dict | None = None, buffers: HostBuffers | None = None,
+                 deferred: list | None = None) -> Any:
     """``obj`` with every tensor copied to (CPU) host memory; containers rebuilt, other leaves deep-copied.
     ``storages`` maps a source storage to its copy, so tensors sharing a storage still share it (as torch.save
-    would write them) and each storage is copied once; ``buffers`` supplies the memory (default: fresh)."""
+    would write them) and each storage is copied once; ``buffers`` supplies the memory (default: fresh). With
+    ``deferred``, tensor bytes are not copied: (source, target) pairs are appended for ``run_copies``."""
     storages = {} if storages is None else storages
     buffers = HostBuffers() if buffers is None else buffers
     if isinstance(obj, torch.Tensor):
-        return _copy_tensor(obj, storages, buffers)
+        return _copy_tensor(obj, storages, buffers, deferred)
     if isinstance(obj, dict):
         out = copy.copy(obj)  # keeps the type and attributes (a state_dict's _metadata)
         for key, value in obj.items():
-            out[key] = copy_to_host(value, storages, buffers)
+            out[key] = copy_to_host(value, storages, buffers, deferred)
         return out
     if isinstance(obj, list):
-        return [copy_to_host(value, storages, buffers) for value in obj]
+        return [copy_to_host(value, storages, buffers, deferred) for value in obj]
     if type(obj) is tuple:
-        return tuple(copy_to_host(value, storages, buffers) for value in obj)
+        return tuple(copy_to_host(value, storages, buffers, deferred) for value in obj)
     if isinstance(obj, (str, bytes, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)):
         return obj
     return copy.deepcopy(obj)
 
 
-def _copy_tensor(tensor: torch.Tensor, storages: dict, buffers: HostBuffers) -> torch.Tensor:
+def _copy_tensor(tensor: torch.Tensor, storages: dict, buffers: HostBuffers, deferred: list | None) -> torch.Tensor:
     source = tensor.untyped_storage()
     key = (source.device, source.data_ptr(), source.nbytes())
     if key not in storages:
         raw = torch.empty(0, dtype=torch.uint8, device=source.device).set_(source)
         target = buffers.take(raw.numel(), pinned=raw.is_cuda)
-        target.copy_(raw, non_blocking=raw.is_cuda)
+        if deferred is None:
+            target.copy_(raw, non_blocking=raw.is_cuda)
+        else:
+            deferred.append((raw, target))
         storages[key] = target.untyped_storage()
     out = torch.empty(0, dtype=tensor.dtype).set_(storages[key], tensor.storage_offset(), tensor.size(),
                                                   tensor.stride())
@@ -100,7 +106,8 @@ def _copy_tensor(tensor: torch.Tensor, storages: dict, buffers: HostBuffers) -> 
 
 
 @contextlib.contextmanager
-def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers, copying: list[float]):
+def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers, copying: list[float],
+                 deferred: list | None):
     """Replace torch.save and accelerate's safetensors writer by recorders for the duration; ``copying[0]``
     accumulates the seconds spent copying."""
     import accelerate.utils.other as accelerate_other
@@ -111,7 +118,8 @@ def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers
             if args or not isinstance(f, (str, os.PathLike)):  # a file object cannot wait: write it now
                 return original(obj, f, *args, **kwargs)
             started = time.perf_counter()
-            staged.append(StagedWrite(original, copy_to_host(obj, storages, buffers), os.fspath(f), kwargs))
+            staged.append(StagedWrite(original, copy_to_host(obj, storages, buffers, deferred), os.fspath(f),
+                                      kwargs))
             copying[0] += time.perf_counter() - started
         return record
 
@@ -124,18 +132,63 @@ def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers
             setattr(module, name, original)
 
 
-def stage(save: Callable[[], None], buffers: HostBuffers) -> tuple[list[StagedWrite], float]:
-    """Run ``save`` with its torch.save/safetensors writes recorded and staged in host memory from ``buffers``;
-    returns the writes and the seconds spent copying tensors (the rest went into the libraries' traversal)."""
+@dataclass
+class Staged:
+    """A staged save: its writes and, when the tensor copies were deferred, the copies still to make."""
+    writes: list[StagedWrite]
+    copies: list[tuple[torch.Tensor, torch.Tensor]]
+    copy_s: float
+
+
+def stage(save: Callable[[], None], buffers: HostBuffers, defer_copies: bool = False) -> Staged:
+    """Run ``save`` with its torch.save/safetensors writes recorded and staged in host memory from ``buffers``.
+    Without ``defer_copies`` the tensor bytes are copied now (``copy_s``: the seconds that took; the rest went
+    into the libraries' traversal); with it, the copies are left to ``run_copies``, which must finish before
+    anything changes the tensors (``CopyGuard``)."""
     staged: list[StagedWrite] = []
     storages: dict = {}
     copying = [0.0]
-    with _intercepted(staged, storages, buffers, copying):
+    copies: list | None = [] if defer_copies else None
+    with _intercepted(staged, storages, buffers, copying, copies):
         save()
     started = time.perf_counter()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not defer_copies:
         torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
-    return staged, copying[0] + time.perf_counter() - started
+    return Staged(staged, copies or [], copying[0] + time.perf_counter() - started)
+
+
+def run_copies(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The deferred copies (on the caller's thread; device-to-host copies queue behind the work already issued
+    on the device, so they read the tensors as they were when staged)."""
+    for source, target in copies:
+        target.copy_(source, non_blocking=source.is_cuda)
+    if any(source.is_cuda for source, _ in copies):
+        torch.cuda.synchronize()
+
+
+class CopyGuard:
+    """Holds every optimizer's ``step`` (torch's global step pre-hook: plain optimizers, accelerate's wrapper and
+    the base optimizer inside DeepSpeed's ZeRO) until the deferred copies are made. Weights, optimizer state
+    and EMA change only in or after ``step``, so a snapshot copied during the next forward/backward is the state
+    at the save. ``waited_s``: how long steps were held (part of the stall); ``copy_s``: how long the copies
+    took on the writer thread."""
+
+    def __init__(self):
+        self.copied = threading.Event()
+        self.waited_s = self.copy_s = 0.0
+        self._handle = register_optimizer_step_pre_hook(self._before_step)
+
+    def _before_step(self, *_args) -> None:
+        if not self.copied.is_set():
+            started = time.perf_counter()
+            self.copied.wait()
+            self.waited_s += time.perf_counter() - started
+
+    def remove(self) -> None:
+        """Once the save is committed (not from the hook: torch is iterating over the hooks then)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 class BackgroundWrite:

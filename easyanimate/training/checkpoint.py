@@ -224,7 +224,8 @@ def _accelerate_sees_true_ranks():
 
 @dataclass
 class InFlight:
-    """A background save: staged at ``started`` (training stalled ``stall_s``), being written by ``writer``."""
+    """A background save: staged at ``started`` (training stalled ``stall_s``), its tensors copied and written
+    by ``writer`` while ``guard`` holds the next optimizer step until the copies are made."""
     step: int
     temp: Path
     deepspeed: bool
@@ -232,7 +233,12 @@ class InFlight:
     stall_s: float
     barrier_s: float
     copy_s: float
+    guard: async_save.CopyGuard
     writer: async_save.BackgroundWrite
+
+    def stall(self) -> float:
+        """Seconds training was held: staging, plus an optimizer step waiting for the tensor copies."""
+        return self.stall_s + self.guard.waited_s
 
 
 class Checkpointer:
@@ -337,10 +343,12 @@ class Checkpointer:
         started = time.monotonic()
         temp = self._begin(step)
         barrier_s = time.monotonic() - started
-        writes, copy_s = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host)
+        staged = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host,
+                                  defer_copies=True)
+        guard = async_save.CopyGuard()
         self._in_flight = InFlight(step, temp, _uses_deepspeed(accelerator), started, time.monotonic() - started,
-                                   barrier_s, copy_s,
-                                   async_save.BackgroundWrite(lambda: self._write_staged(temp, writes),
+                                   barrier_s, staged.copy_s, guard,
+                                   async_save.BackgroundWrite(lambda: self._background(temp, staged, guard),
                                                               name=f"checkpoint-{step}-writer"))
         return runfolder.checkpoint_dir(self.output_dir, step)
 
@@ -358,14 +366,16 @@ class Checkpointer:
         if flight is None:
             return None
         files, error = flight.writer.outcome()
+        flight.guard.remove()
         self._host.release()
         marks = {"stall": flight.started + flight.stall_s, "background write+fsync+checksum": time.monotonic()}
         path = self._agree_and_commit(flight.step, flight.temp, flight.deepspeed,
                                       (files, None if error is None else f"{type(error).__name__}: {error}"),
                                       flight.started, marks)
         if distributed.is_main():
-            logger.info("checkpoint %s was staged in %.2f s (waiting for the other ranks %.2f s, tensor copy "
-                        "%.2f s): training stalled that long", path, flight.stall_s, flight.barrier_s, flight.copy_s)
+            logger.info("checkpoint %s stalled training %.2f s: staging %.2f s (waiting for the other ranks %.2f "
+                        "s), the next optimizer step waiting for the tensor copy %.2f s (the copy took %.2f s)", path,
+                        flight.stall(), flight.stall_s, flight.barrier_s, flight.guard.waited_s, flight.guard.copy_s)
         return path
 
     @property
@@ -390,6 +400,17 @@ class Checkpointer:
         torch.save(state, own)
         if distributed.rank() == 0:
             _save_model_config(accelerator, temp)
+
+    def _background(self, temp: Path, staged: async_save.Staged, guard: async_save.CopyGuard) -> dict[str, dict]:
+        """The writer thread: copy the tensors to host memory while the next forward/backward runs (the guard
+        holds the next optimizer step until then), then write."""
+        started = time.perf_counter()
+        try:
+            async_save.run_copies(staged.copies)
+        finally:
+            guard.copy_s = time.perf_counter() - started
+            guard.copied.set()
+        return self._write_staged(temp, staged.writes)
 
     def _write_staged(self, temp: Path, writes: list[async_save.StagedWrite]) -> dict[str, dict]:
         """The background thread's work: write the staged files, fsync and checksum this rank's."""

@@ -51,14 +51,18 @@ def tensors(path):
     return torch.load(path, weights_only=False)
 
 
-def test_background_save_writes_what_a_synchronous_save_writes_and_resumes_bit_for_bit(trainer, tmp_path):
+def test_background_save_writes_what_a_synchronous_save_writes_and_resumes_bit_for_bit(trainer, tmp_path,
+                                                                                       monkeypatch):
     generator = torch.Generator().manual_seed(1)
     train_steps(trainer, 3, generator)
     sync = Checkpointer(tmp_path / "sync").save(trainer[0], 3, save_state(generator, 3))
     background = Checkpointer(tmp_path / "async")
+    copies = async_save.run_copies
+    monkeypatch.setattr(async_save, "run_copies", lambda pairs: (__import__("time").sleep(0.5), copies(pairs)))
     promised = background.save_in_background(trainer[0], 3, save_state(generator, 3))
     assert background.in_flight.step == 3 and not promised.exists()
-    train_steps(trainer, 3, generator)  # changes every tensor while the thread writes
+    train_steps(trainer, 3, generator)  # the first optimizer step waits for the slow copy, then all change
+    assert background.in_flight.guard.waited_s > 0.1
     expected = weights(trainer[1])
     assert background.wait() == promised and background.in_flight is None and verify(promised) == []
     sync_files, async_files = read_manifest(sync)["files"], read_manifest(promised)["files"]
