@@ -162,8 +162,9 @@ def run_copies(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     on the device, so they read the tensors as they were when staged)."""
     for source, target in copies:
         target.copy_(source, non_blocking=source.is_cuda)
-    if any(source.is_cuda for source, _ in copies):
-        torch.cuda.synchronize()
+    # This thread's current device is cuda:0 whatever the rank's is: wait on each source's own device.
+    for device in {source.device for source, _ in copies if source.is_cuda}:
+        torch.cuda.synchronize(device)
 
 
 class CopyGuard:
