@@ -1,13 +1,14 @@
-"""Background checkpoint writes: stage a save in host memory, write it to disk on a thread.
+"""Background checkpoint writes: stage a save in host memory, copy and write it on a thread.
 
 ``stage(save)`` runs ``save`` (accelerate's ``save_state``, DeepSpeed's ``save_checkpoint`` inside it, our own
-``torch.save`` of the rank state) with ``torch.save`` and accelerate's safetensors writer intercepted: each
-intercepted call's object is copied to host memory (every tensor storage once, views kept as views) and the call
-is recorded instead of run. Training may then change every tensor; ``StagedWrite.write`` later makes the same
-call with the copy, so the files, their names and their format are those a synchronous save writes (tensors
-staged from a GPU are recorded as CPU tensors: every loader in the chain maps or copies them to the device).
-Small writes the libraries make otherwise (DeepSpeed's ``latest``, the model config) happen at once.
-``BackgroundWrite`` runs the writes on a daemon thread and keeps their outcome.
+``torch.save`` of the rank state) with ``torch.save`` and accelerate's safetensors writer intercepted: each call is
+recorded instead of run, its object rebuilt with host-memory buffers (``HostBuffers``, kept between saves) in
+place of its tensors (every storage once, views kept as views). ``run_copies`` fills the buffers on the writer
+thread while ``CopyGuard`` holds the next optimizer step, so the copy overlaps the next forward/backward and
+still captures the state at the save. ``StagedWrite.write`` then makes the recorded call: the files, names and
+formats are those of a synchronous save (tensors staged from a GPU are recorded as CPU tensors: every loader in
+the chain maps or copies them to the device). Small writes the libraries make otherwise (DeepSpeed's
+``latest``, the model config) happen at once. ``BackgroundWrite`` runs the work on a daemon thread.
 """
 
 from __future__ import annotations
@@ -106,10 +107,8 @@ def _copy_tensor(tensor: torch.Tensor, storages: dict, buffers: HostBuffers, def
 
 
 @contextlib.contextmanager
-def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers, copying: list[float],
-                 deferred: list | None):
-    """Replace torch.save and accelerate's safetensors writer by recorders for the duration; ``copying[0]``
-    accumulates the seconds spent copying."""
+def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers, copies: list):
+    """Replace torch.save and accelerate's safetensors writer by recorders for the duration."""
     import accelerate.utils.other as accelerate_other
     originals = {(torch, "save"): torch.save, (accelerate_other, "safe_save_file"): accelerate_other.safe_save_file}
 
@@ -117,10 +116,7 @@ def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers
         def record(obj, f, *args, **kwargs):
             if args or not isinstance(f, (str, os.PathLike)):  # a file object cannot wait: write it now
                 return original(obj, f, *args, **kwargs)
-            started = time.perf_counter()
-            staged.append(StagedWrite(original, copy_to_host(obj, storages, buffers, deferred), os.fspath(f),
-                                      kwargs))
-            copying[0] += time.perf_counter() - started
+            staged.append(StagedWrite(original, copy_to_host(obj, storages, buffers, copies), os.fspath(f), kwargs))
         return record
 
     for (module, name), original in originals.items():
@@ -134,27 +130,20 @@ def _intercepted(staged: list[StagedWrite], storages: dict, buffers: HostBuffers
 
 @dataclass
 class Staged:
-    """A staged save: its writes and, when the tensor copies were deferred, the copies still to make."""
+    """A staged save: its writes, whose tensors live in host buffers that ``copies`` (source, buffer) fill."""
     writes: list[StagedWrite]
     copies: list[tuple[torch.Tensor, torch.Tensor]]
-    copy_s: float
 
 
-def stage(save: Callable[[], None], buffers: HostBuffers, defer_copies: bool = False) -> Staged:
-    """Run ``save`` with its torch.save/safetensors writes recorded and staged in host memory from ``buffers``.
-    Without ``defer_copies`` the tensor bytes are copied now (``copy_s``: the seconds that took; the rest went
-    into the libraries' traversal); with it, the copies are left to ``run_copies``, which must finish before
-    anything changes the tensors (``CopyGuard``)."""
+def stage(save: Callable[[], None], buffers: HostBuffers) -> Staged:
+    """Run ``save`` with its torch.save/safetensors writes recorded, their tensors replaced by buffers from
+    ``buffers``; the bytes are copied later by ``run_copies``, which must finish before anything changes the
+    tensors (``CopyGuard``)."""
     staged: list[StagedWrite] = []
-    storages: dict = {}
-    copying = [0.0]
-    copies: list | None = [] if defer_copies else None
-    with _intercepted(staged, storages, buffers, copying, copies):
+    copies: list = []
+    with _intercepted(staged, {}, buffers, copies):
         save()
-    started = time.perf_counter()
-    if torch.cuda.is_available() and not defer_copies:
-        torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
-    return Staged(staged, copies or [], copying[0] + time.perf_counter() - started)
+    return Staged(staged, copies)
 
 
 def run_copies(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

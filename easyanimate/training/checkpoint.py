@@ -232,7 +232,6 @@ class InFlight:
     started: float
     stall_s: float
     barrier_s: float
-    copy_s: float
     guard: async_save.CopyGuard
     writer: async_save.BackgroundWrite
 
@@ -343,11 +342,10 @@ class Checkpointer:
         started = time.monotonic()
         temp = self._begin(step)
         barrier_s = time.monotonic() - started
-        staged = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host,
-                                  defer_copies=True)
+        staged = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host)
         guard = async_save.CopyGuard()
         self._in_flight = InFlight(step, temp, _uses_deepspeed(accelerator), started, time.monotonic() - started,
-                                   barrier_s, staged.copy_s, guard,
+                                   barrier_s, guard,
                                    async_save.BackgroundWrite(lambda: self._background(temp, staged, guard),
                                                               name=f"checkpoint-{step}-writer"))
         return runfolder.checkpoint_dir(self.output_dir, step)
