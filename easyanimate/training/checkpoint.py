@@ -34,9 +34,9 @@ from typing import Literal
 import torch
 
 from easyanimate import distributed, runfolder
-from easyanimate.training import async_save
 from easyanimate.runfolder import (ABANDONED_PREFIX, DELETING_PREFIX, MANIFEST, TEMP_PREFIX, checkpoint_step,
                                    fsync_dir, write_json_atomic)
+from easyanimate.training import async_save
 
 logger = logging.getLogger(__name__)
 
