@@ -182,10 +182,10 @@ class TrainConfig:
     save_on_signal: bool = opt(True, "On SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next step boundary, leave "
                                "a requeue marker and exit with the requeue code.", X)
     checkpointing_async: bool = opt(True, "Periodic checkpoints (every --checkpointing_steps) are staged in host "
-                                    "memory and written, fsynced and committed by a background thread while "
-                                    "training goes on (costs host RAM of one checkpoint per rank; the save after "
-                                    "a signal and the last one are always synchronous). false: every save "
-                                    "blocks training until it is on disk.", X)
+                                    "memory and copied, written, fsynced and committed by a background thread "
+                                    "while training goes on (costs host RAM of one checkpoint per rank, kept for "
+                                    "the run; the save after a signal and the last one are always synchronous). "
+                                    "false: every save blocks training until it is on disk.", X)
 
     @property
     def model_folder(self) -> Path:
