@@ -208,6 +208,11 @@ class TrainConfig:
         "GPU). bf16: the original's footprint, ~8 bytes/parameter (about 95 GB: one H200), but updates smaller "
         "than bf16's resolution are lost. Under DeepSpeed ZeRO-2 the master weights are always fp32, sharded. "
         "`easyanimate memory-plan` shows what fits.", X)
+    checkpointing_async: bool = opt(True, "Periodic checkpoints (every --checkpointing_steps) are staged in host "
+                                    "memory and copied, written, fsynced and committed by a background thread "
+                                    "while training goes on (costs host RAM of one checkpoint per rank, kept for "
+                                    "the run; the save after a signal and the last one are always synchronous). "
+                                    "false: every save blocks training until it is on disk.", X)
 
     @property
     def model_folder(self) -> Path:
@@ -374,7 +379,7 @@ RESUME_NEUTRAL = {
     "resume_from_checkpoint", "max_train_steps", "num_train_epochs", "checkpointing_steps",
     "checkpoints_total_limit", "dataloader_num_workers", "validation_prompts", "validation_paths",
     "validation_steps", "validation_epochs", "report_to", "report_model_info", "local_rank", "output_dir",
-    "logging_dir", "sample_ledger", "save_on_signal", "low_vram", "tracker_project_name",
+    "logging_dir", "sample_ledger", "save_on_signal", "checkpointing_async", "low_vram", "tracker_project_name",
     "log_every_s", "validation_ref_paths",
 }
 

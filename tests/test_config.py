@@ -25,7 +25,7 @@ tracker_project_name report_model_info push_to_hub hub_model_id hub_token
 """.split()
 OUR_FLAGS = ["max_bad_sample_fraction", "text_drop_ratio", "control_drop_ratio", "ref_drop_ratio", "sample_ledger",
              "init_from_base_model", "save_on_signal", "validation_ref_paths", "log_every_s",
-             "master_weights_dtype"]
+             "master_weights_dtype", "checkpointing_async"]
 
 
 def test_flag_set_is_the_originals_89_plus_ours():

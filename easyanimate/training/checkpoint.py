@@ -8,6 +8,11 @@ renames the folder to ``output_dir/checkpoint-STEP``. A folder with that name th
 resume still re-checks sizes and checksums, because disks and people truncate files. DeepSpeed's own ``latest``
 file is written before other ranks' shards are on disk and is never read here. Old checkpoints are pruned only
 after a save has committed, and never the one just written.
+
+``save_in_background`` writes the same files: it stages them in host memory (``async_save``) and returns, a
+thread writes, fsyncs and checksums this rank's part, and at a later step boundary ``poll`` (one all-reduce:
+"is every rank's part durable?") lets rank 0 commit exactly as above. Any save first waits for one in flight, so
+commits happen in step order; a failed background write is raised on every rank and commits nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +37,7 @@ from easyanimate import distributed, runfolder
 from easyanimate.training import elastic
 from easyanimate.runfolder import (ABANDONED_PREFIX, DELETING_PREFIX, MANIFEST, TEMP_PREFIX, checkpoint_step,
                                    fsync_dir, write_json_atomic)
+from easyanimate.training import async_save
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +207,24 @@ def _accelerate_sees_true_ranks():
                 setattr(state, key, value)
 
 
+@dataclass
+class InFlight:
+    """A background save: staged at ``started`` (training stalled ``stall_s``), its tensors copied and written
+    by ``writer`` while ``guard`` holds the next optimizer step until the copies are made."""
+    step: int
+    temp: Path
+    deepspeed: bool
+    started: float
+    stall_s: float
+    barrier_s: float
+    guard: async_save.CopyGuard
+    writer: async_save.BackgroundWrite
+
+    def stall(self) -> float:
+        """Seconds training was held: staging, plus an optimizer step waiting for the tensor copies."""
+        return self.stall_s + self.guard.waited_s
+
+
 class Checkpointer:
     """Saves, finds, loads and prunes the checkpoints of one run folder."""
 
@@ -215,6 +240,8 @@ class Checkpointer:
         self.config_fingerprint = config_fingerprint
         self.checksum = checksum
         self._cleanup: threading.Thread | None = None
+        self._in_flight: InFlight | None = None
+        self._host = async_save.HostBuffers()
 
     # ---- finding ----
 
@@ -281,37 +308,123 @@ class Checkpointer:
     # ---- saving ----
 
     def save(self, accelerator, step: int, state: dict) -> Path:
-        """Collective: every rank calls it with its own ``state``. Returns output_dir/checkpoint-STEP, committed."""
+        """Collective: every rank calls it with its own ``state``. Waits for a save in flight, then writes and
+        commits this one before it returns output_dir/checkpoint-STEP."""
+        self.wait()
         started = time.monotonic()
-        rank = distributed.rank()
+        temp = self._begin(step)
+        self._write_state(accelerator, temp, state)
+        marks = {"write": time.monotonic()}
+        files = self._sync_and_digest(temp, self._mine)
+        marks["fsync+checksum"] = time.monotonic()
+        return self._agree_and_commit(step, temp, _uses_deepspeed(accelerator), (files, None), started, marks)
+
+    def save_in_background(self, accelerator, step: int, state: dict) -> Path:
+        """Collective: like ``save``, but returns once the state is staged in host memory; a thread writes,
+        fsyncs and checksums it while training goes on, and a later ``poll``/``wait`` (every rank, at the same
+        step boundary) commits it once every rank's part is durable. Returns the path it will commit to."""
+        self.wait()
+        started = time.monotonic()
+        temp = self._begin(step)
+        barrier_s = time.monotonic() - started
+        staged = async_save.stage(lambda: self._write_state(accelerator, temp, state), self._host)
+        guard = async_save.CopyGuard()
+        self._in_flight = InFlight(step, temp, _uses_deepspeed(accelerator), started, time.monotonic() - started,
+                                   barrier_s, guard,
+                                   async_save.BackgroundWrite(lambda: self._background(temp, staged, guard),
+                                                              name=f"checkpoint-{step}-writer"))
+        return runfolder.checkpoint_dir(self.output_dir, step)
+
+    def poll(self) -> Path | None:
+        """Collective, at every step boundary while a background save is in flight (nothing otherwise): one small
+        all-reduce asks whether every rank's part is durable; if so, rank 0 commits. Returns the committed path."""
+        if self._in_flight is None or not distributed.all_true(self._in_flight.writer.done()):
+            return None
+        return self.wait()
+
+    def wait(self) -> Path | None:
+        """Collective: block until the background save in flight (if any) is durable on every rank and commit it
+        (raises on every rank when a rank failed to write its part)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return None
+        files, error = flight.writer.outcome()
+        flight.guard.remove()
+        self._host.release()
+        marks = {"stall": flight.started + flight.stall_s, "background write+fsync+checksum": time.monotonic()}
+        path = self._agree_and_commit(flight.step, flight.temp, flight.deepspeed,
+                                      (files, None if error is None else f"{type(error).__name__}: {error}"),
+                                      flight.started, marks)
+        if distributed.is_main():
+            logger.info("checkpoint %s stalled training %.2f s: staging %.2f s (waiting for the other ranks %.2f "
+                        "s), the next optimizer step waiting for the tensor copy %.2f s (the copy took %.2f s)", path,
+                        flight.stall(), flight.stall_s, flight.barrier_s, flight.guard.waited_s, flight.guard.copy_s)
+        return path
+
+    @property
+    def in_flight(self) -> InFlight | None:
+        """The background save not yet committed, if any."""
+        return self._in_flight
+
+    def _begin(self, step: int) -> Path:
         temp = self.output_dir / f"{TEMP_PREFIX}{step}"
-        if rank == 0:
+        if distributed.rank() == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._remove_leftovers()
         distributed.barrier()
+        return temp
+
+    def _write_state(self, accelerator, temp: Path, state: dict) -> None:
+        """accelerate's (and DeepSpeed's) files, this rank's state and, on rank 0, the model config."""
         with _accelerate_sees_true_ranks():
             accelerator.save_state(str(temp))
-        own = temp / RANK_STATES / f"rank{rank:05d}.pt"
+        own = temp / RANK_STATES / f"rank{distributed.rank():05d}.pt"
         own.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, own)
-        if rank == 0:
+        if distributed.rank() == 0:
             _save_model_config(accelerator, temp)
-        marks = {"write": time.monotonic()}
-        mine = self._sync_and_digest(temp, lambda rel: _owner(rel) == rank)
-        reported = dict(distributed.gather_lists(list(mine.items())))
-        marks["fsync+checksum"] = time.monotonic()
+
+    def _background(self, temp: Path, staged: async_save.Staged, guard: async_save.CopyGuard) -> dict[str, dict]:
+        """The writer thread: copy the tensors to host memory while the next forward/backward runs (the guard
+        holds the next optimizer step until then), then write."""
+        started = time.perf_counter()
+        try:
+            async_save.run_copies(staged.copies)
+        finally:
+            guard.copy_s = time.perf_counter() - started
+            guard.copied.set()
+        return self._write_staged(temp, staged.writes)
+
+    def _write_staged(self, temp: Path, writes: list[async_save.StagedWrite]) -> dict[str, dict]:
+        """The background thread's work: write the staged files, fsync and checksum this rank's."""
+        for write in writes:
+            write.write()
+        return self._sync_and_digest(temp, self._mine)
+
+    @staticmethod
+    def _mine(relpath: str) -> bool:
+        return _owner(relpath) == distributed.rank()
+
+    def _agree_and_commit(self, step: int, temp: Path, deepspeed: bool, outcome: tuple[dict | None, str | None],
+                          started: float, marks: dict[str, float]) -> Path:
+        """Every rank hands in its files (or its error); rank 0 commits when none failed; all raise otherwise."""
+        outcomes = distributed.gather_lists([outcome])
+        failed = [f"rank {rank}: {error}" for rank, (_, error) in enumerate(outcomes) if error is not None]
         final, error = runfolder.checkpoint_dir(self.output_dir, step), None
-        if rank == 0:
+        if distributed.rank() == 0 and not failed:
+            reported = {rel: entry for files, _ in outcomes for rel, entry in files.items()}
             try:
-                self._commit(accelerator, temp, final, step, reported)
+                self._commit(deepspeed, temp, final, step, reported)
                 marks["commit"] = time.monotonic()
                 self._prune(step)
                 marks["prune"] = time.monotonic()
             except Exception as exc:  # re-raised below on every rank, so none waits forever for rank 0
                 error = exc
+        if failed:
+            raise CheckpointError(f"saving {final} failed ({'; '.join(failed)}); {temp} was not committed")
         if not distributed.all_true(error is None):
             raise CheckpointError(f"saving {final} failed on rank 0: {error}") from error
-        if rank == 0:
+        if distributed.rank() == 0:
             size = sum(entry["size"] for entry in read_manifest(final)["files"].values())
             phases, last = [], started
             for name, when in marks.items():
@@ -327,7 +440,7 @@ class Checkpointer:
         return {str(path.relative_to(folder)): {"size": path.stat().st_size, "digest": digests[path]}
                 for path in paths}
 
-    def _commit(self, accelerator, temp: Path, final: Path, step: int, reported: dict) -> None:
+    def _commit(self, deepspeed: bool, temp: Path, final: Path, step: int, reported: dict) -> None:
         # A file no rank claimed (an unexpected writer) is synced and summed here rather than left out.
         files = {**self._sync_and_digest(temp, lambda rel: rel not in reported), **reported}
         for folder in {(temp / rel).parent for rel in files} | {temp}:
@@ -335,7 +448,7 @@ class Checkpointer:
         write_json_atomic(temp / MANIFEST, {
             "format": FORMAT_VERSION, "step": step, "world_size": distributed.world_size(),
             "config_fingerprint": self.config_fingerprint, "checksum": self.checksum, "time": time.time(),
-            "deepspeed": accelerator.state.deepspeed_plugin is not None,
+            "deepspeed": deepspeed,
             "model_config": MODEL_CONFIG if MODEL_CONFIG in files else None,
             "versions": _versions(), "files": files})
         runfolder.check_fence(self.output_dir)  # a newer attempt owns the folder: never commit over its work
@@ -435,6 +548,10 @@ def _save_model_config(accelerator, folder: Path) -> None:
     model = accelerator.unwrap_model(models[0]) if models else None
     if hasattr(model, "save_config"):
         model.save_config(folder / Path(MODEL_CONFIG).parent)
+
+
+def _uses_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
 
 
 def _versions() -> dict[str, str]:

@@ -123,8 +123,14 @@ def micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
     return loss.detach()
 
 
-def save(run: Run, cursor: Cursor) -> Path:
+def save(run: Run, cursor: Cursor, background: bool = False) -> Path:
+    """A checkpoint of this step: committed on return, or (``background``) staged and committed by a later
+    ``checkpointer.poll``; the returned path is committed only in the first case."""
     started = time.monotonic()
+    if background:
+        path = run.checkpointer.save_in_background(run.accelerator, cursor.global_step, cursor.state(run))
+        logger.info("staged %s in %.1f s; writing it in the background", path, time.monotonic() - started)
+        return path
     path = run.checkpointer.save(run.accelerator, cursor.global_step, cursor.state(run))
     if distributed.is_main():
         elastic.remove_converted(run.cfg.output_dir, before_step=cursor.global_step)
@@ -174,14 +180,16 @@ def train(run: Run, preemption: signals.PreemptionHandler) -> int:
                 continue
             values = optimizer_step(run, cursor, step_losses)
             metrics.log(cursor.global_step, meter.step(cursor.global_step, values))
+            run.checkpointer.poll()  # commits a background save once every rank has it on disk
             step_losses = []
             # Never validate between a signal and its save; a signal during validation ends it early.
             stop = cfg.save_on_signal and preemption.stop_requested()
             if not stop and run.validator.due(cursor.global_step, finished_epoch):
                 run.validator.run(run, cursor.global_step, interrupted=lambda: preemption.received is not None)
                 stop = cfg.save_on_signal and preemption.stop_requested()
-            if stop or cursor.global_step % cfg.checkpointing_steps == 0 or cursor.global_step == run.max_train_steps:
-                last_path, last_saved = save(run, cursor), cursor.global_step
+            last = stop or cursor.global_step == run.max_train_steps  # synchronous: the exit waits for it
+            if last or cursor.global_step % cfg.checkpointing_steps == 0:
+                last_path, last_saved = save(run, cursor, cfg.checkpointing_async and not last), cursor.global_step
             if stop:
                 if distributed.is_main():
                     preemption.write_requeue_marker(cfg.output_dir, cursor.global_step, last_path)

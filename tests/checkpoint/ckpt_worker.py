@@ -14,8 +14,10 @@ import argparse
 import hashlib
 import json
 import os
+import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,22 +30,35 @@ from easyanimate.logs import setup_logging
 from easyanimate.training import rng_state, signals
 from easyanimate.training.checkpoint import Checkpointer
 
+logger = logging.getLogger("ckpt_worker")
+
 
 class DiesWhileSaving(Checkpointer):
-    """Rank 1 is SIGKILLed after writing its files for step ``die_at`` and before the save commits."""
+    """Rank 1 is SIGKILLed after writing its files for step ``die_at`` and before the save commits; or, for a
+    background save of step ``die_writing_at``, on the writer thread after its first file. ``slow_write``
+    seconds delay every background write (so that training runs on while it is in flight)."""
 
-    def __init__(self, *args, die_at: int | None, **kwargs):
+    def __init__(self, *args, die_at: int | None, die_writing_at: int | None, slow_write: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.die_at, self.saving = die_at, None
+        self.die_at, self.die_writing_at, self.slow_write, self.saving = die_at, die_writing_at, slow_write, None
 
     def save(self, accelerator, step, state):
         self.saving = step
         return super().save(accelerator, step, state)
 
     def _sync_and_digest(self, folder, mine):
-        if self.saving == self.die_at and distributed.rank() == 1:
+        if self.die_at is not None and self.saving == self.die_at and distributed.rank() == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         return super()._sync_and_digest(folder, mine)
+
+    def _write_staged(self, temp, writes):
+        assert threading.current_thread() is not threading.main_thread()
+        time.sleep(self.slow_write)
+        if int(temp.name.rsplit("-", 1)[1]) == self.die_writing_at and distributed.rank() == 1:
+            writes[0].write()
+            logger.warning("rank 1 wrote %s and is killed while writing the rest", writes[0].path)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._write_staged(temp, writes)
 
 
 def parse(argv):
@@ -55,6 +70,9 @@ def parse(argv):
     parser.add_argument("--resume", default=None)
     parser.add_argument("--die_while_saving", type=int, default=None)
     parser.add_argument("--signal_rank1_at", type=int, default=None)
+    parser.add_argument("--async_saves", action="store_true", help="periodic saves in the background")
+    parser.add_argument("--die_while_writing", type=int, default=None)
+    parser.add_argument("--slow_write", type=float, default=0, help="seconds each background write waits")
     parser.add_argument("--step_seconds", type=float, default=0, help="sleep per step (to be signalled)")
     parser.add_argument("--transformer", required=True, help="diffusers transformer folder to train")
     parser.add_argument("--resave_to", default=None, help="save the resumed state at once into this folder")
@@ -87,7 +105,8 @@ def main(argv) -> int:
     generator = torch.Generator().manual_seed(100 + rank)
     preemption = signals.PreemptionHandler().install()
     checkpointer = DiesWhileSaving(args.output_dir, total_limit=args.total_limit, config_fingerprint="worker",
-                                   die_at=args.die_while_saving)
+                                   die_at=args.die_while_saving, die_writing_at=args.die_while_writing,
+                                   slow_write=args.slow_write)
     step = 0
     resume_from = checkpointer.find_resume(args.resume)
     if resume_from is not None:
@@ -109,12 +128,16 @@ def main(argv) -> int:
         optimizer.zero_grad()
         step += 1
         time.sleep(args.step_seconds)
+        logger.info("trained step %d (background save of step %s in flight)", step,
+                    checkpointer.in_flight and checkpointer.in_flight.step)
+        checkpointer.poll()
         if step == args.signal_rank1_at and rank == 1:
             os.kill(os.getpid(), signal.SIGUSR1)
         stop = preemption.stop_requested()
-        if stop or step % args.save_every == 0 or step == args.steps:
-            path = checkpointer.save(accelerator, step, {"global_step": step,
-                                                         "rng": rng_state.capture({"data": generator})})
+        last = stop or step == args.steps
+        if last or step % args.save_every == 0:
+            save = checkpointer.save_in_background if args.async_saves and not last else checkpointer.save
+            path = save(accelerator, step, {"global_step": step, "rng": rng_state.capture({"data": generator})})
             if stop:
                 if distributed.is_main():
                     preemption.write_requeue_marker(args.output_dir, step, path)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from easyanimate.training import signals
 from easyanimate.training.checkpoint import read_manifest, verify
@@ -26,17 +27,25 @@ def result(out: Path) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def zero2_straight(tiny_model_v51, tmp_path_factory) -> tuple[Path, list[str]]:
+    """An uninterrupted ZeRO-2 run with synchronous saves: its folder and its final weights' digest per rank."""
+    straight = tmp_path_factory.mktemp("zero2") / "straight"
+    code, log = worker("deepspeed", straight, "--transformer", str(tiny_model_v51 / "transformer"), "--steps", "6",
+                       "--total_limit", "2")
+    assert code == 0, log
+    return straight, result(straight)["weights"]
+
+
 def test_zero2_runs_killed_signalled_or_corrupted_end_bitwise_equal_to_an_uninterrupted_one(tiny_model_v51,
+                                                                                              zero2_straight,
                                                                                               tmp_path):
     from diffusers import EasyAnimateTransformer3DModel
 
     from ckpt_worker import weights_sha
     from easyanimate.training.export import export
     mode, model = "deepspeed", ("--transformer", str(tiny_model_v51 / "transformer"))
-    straight = tmp_path / "straight"
-    code, log = worker(mode, straight, *model, "--steps", "6", "--total_limit", "2")
-    assert code == 0, log
-    expected = result(straight)["weights"]
+    straight, expected = zero2_straight
     assert len(set(expected)) == 1  # both ranks hold the same weights
     assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     files = read_manifest(straight / "checkpoint-6")["files"]
@@ -76,6 +85,44 @@ def test_zero2_runs_killed_signalled_or_corrupted_end_bitwise_equal_to_an_uninte
     assert f"resuming from {run_b / 'checkpoint-5'}" in log
     assert result(run_b)["weights"] == expected
     assert verify(run_b / "checkpoint-6") == []  # rewritten whole
+
+
+def test_zero2_background_saves_survive_a_kill_mid_write_and_a_signal_mid_flight_bitwise(tiny_model_v51,
+                                                                                         zero2_straight, tmp_path):
+    """Periodic saves in the background: rank 1 SIGKILLed on its writer thread halfway through step 4's files
+    commits nothing (resume takes step 2, itself a background save); a signal while step 4's save is in flight
+    commits 4, then 5, then writes the requeue marker; the run ends with the weights of synchronous saves."""
+    mode = "deepspeed"
+    flags = ("--transformer", str(tiny_model_v51 / "transformer"), "--steps", "6", "--total_limit", "2",
+             "--async_saves")
+    straight, expected = zero2_straight
+    out = tmp_path / "run"
+    code, log = worker(mode, out, *flags, "--die_while_writing", "4")
+    assert code != 0 and "is killed while writing the rest" in log, log[-3000:]
+    assert (out / ".tmp-checkpoint-4").is_dir() and not (out / "checkpoint-4").exists()
+    assert verify(out / "checkpoint-2") == []
+
+    code, log = worker(mode, out, *flags, "--resume", "latest", "--signal_rank1_at", "5", "--slow_write", "3")
+    assert code != 0, log
+    assert f"resuming from {out / 'checkpoint-2'}" in log
+    assert log.index("trained step 5 (background save of step 4 in flight)") < \
+        log.index(f"checkpoint {out / 'checkpoint-4'} committed") < log.index(f"checkpoint {out / 'checkpoint-5'}")
+    four, five = read_manifest(out / "checkpoint-4"), read_manifest(out / "checkpoint-5")
+    marker = json.loads((out / "requeue.json").read_text())
+    assert four["time"] < five["time"] < marker["time"] and marker["step"] == 5
+    assert verify(out / "checkpoint-4") == [] and verify(out / "checkpoint-5") == []
+    # The background save of step 4 holds what the uninterrupted run's synchronous save of step 4 holds (model,
+    # ZeRO partitions, scheduler; the worker leaves python's and numpy's generators unseeded).
+    assert sorted(four["files"]) == sorted(read_manifest(straight / "checkpoint-4")["files"])
+    for relpath in four["files"]:
+        if relpath.startswith("pytorch_model/") or relpath == "custom_checkpoint_0.pkl":
+            assert repr(torch.load(out / "checkpoint-4" / relpath, weights_only=False)) == \
+                repr(torch.load(straight / "checkpoint-4" / relpath, weights_only=False)), relpath
+
+    code, log = worker(mode, out, *flags, "--resume", "latest")
+    assert code == 0, log
+    assert f"resuming from {out / 'checkpoint-5'}" in log
+    assert result(out)["weights"] == expected
 
 
 def test_requeue_code_is_distinct_from_failures():
