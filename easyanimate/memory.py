@@ -204,7 +204,6 @@ def plan(job: Job) -> Plan:
     sizes = shapes.model_sizes(folder, spec)
     kwargs = shapes.transformer_kwargs(folder, spec)
     trainable = _trainable(shapes.meta_transformer(kwargs), cfg)
-    world = job.nodes * job.gpus_per_node
     layout = sizing.Layout(nodes=job.nodes, gpus_per_node=job.gpus_per_node, deepspeed=job.deepspeed)
     low = cfg.mixed_precision in ("bf16", "fp16")
     state = sizing.TrainingState(

@@ -53,6 +53,21 @@ def test_check_on_two_nodes_measures_the_fabric_and_storage_and_finds_nothing_wr
 
 
 @pytest.mark.timeout(420)
+def test_check_through_the_container_runtime_sees_the_signal_survive_the_go_runtime(container_env, standin_image,
+                                                                                    tmp_path, tiny_model_v51,
+                                                                                    demo_data):
+    done = check(tmp_path, tiny_model_v51, demo_data, "--signal-lead-s", "120", "--container", "apptainer",
+                 "--image", str(standin_image))
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = rows(tmp_path)
+    assert not [r for r in found.values() if r["status"] == "FAIL"], done.stdout
+    assert found["runtime and image"]["value"].startswith("apptainer "), done.stdout
+    assert found["nodes and processes"]["value"].startswith("2 node(s), 2/2")
+    assert found["launch chain survived"]["status"] == "PASS"
+    assert "PYTHONNOUSERSITE=1" in found["effective NCCL/torch variables"]["value"]
+
+
+@pytest.mark.timeout(420)
 def test_planted_faults_each_fail_with_their_fix(slurm_env, tmp_path, tiny_model_v51, demo_data):
     done = check(tmp_path, tiny_model_v51, demo_data, "--signal-lead-s", "10", nodes="1",
                  train=("--output_dir=/proc/easyanimate-cannot-exist/out",

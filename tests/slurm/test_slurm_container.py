@@ -28,21 +28,6 @@ WAITER = ("import os, sys, time\n"
           "while not os.path.exists(sys.argv[2]): time.sleep(0.05)\n")
 
 
-@pytest.fixture(scope="session")
-def standin_bin(tmp_path_factory) -> Path:
-    reason = standin_runtime.missing()
-    if reason:
-        pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("standin-runtime")
-    standin_runtime.build(folder / "bin", folder / "gocache")
-    return folder / "bin"
-
-
-@pytest.fixture(scope="session")
-def standin_image(tmp_path_factory) -> Path:
-    return standin_runtime.make_image(tmp_path_factory.mktemp("image") / "easyanimate.sif")
-
-
 def _ignore_usr_signals():  # what run_node does before it starts the runtime
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
@@ -172,14 +157,6 @@ def test_a_taken_master_port_is_skipped_and_every_node_uses_the_one_node0_chose(
 
 
 # --- on the test cluster ----------------------------------------------------------------------------------------
-
-@pytest.fixture
-def container_env(slurm_env, standin_bin, monkeypatch):
-    """Jobs submitted from here find the stand-in runtime on the nodes' PATH (sbatch exports our environment), and
-    host jobs the same tools as the stand-in image (its PATH starts with the venv: one ninja, one compile cache)."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{standin_runtime.path_with(standin_bin)}")
-    return slurm_env
-
 
 @pytest.mark.integration
 @pytest.mark.slurm
