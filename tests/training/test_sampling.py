@@ -8,14 +8,16 @@ from easyanimate.config import TrainConfig
 from easyanimate.models import load_components, load_model_spec
 from easyanimate.models.pipeline import MendedEasyAnimateControlPipeline
 from easyanimate.training import sampling
+from easyanimate.training.loss_types import LOSS_TYPES
 from trainer_runs import CONFIGS
 
 pytestmark = pytest.mark.integration
 
 
-def components(folder, yaml):
+def components(folder, yaml, loss_type):
     cfg = TrainConfig(pretrained_model_name_or_path=str(folder), config_path=str(CONFIGS / yaml))
-    return load_components(cfg, load_model_spec(cfg.config_path), device="cpu", weight_dtype=torch.float32)
+    return load_components(cfg, load_model_spec(cfg.config_path), device="cpu", weight_dtype=torch.float32,
+                           scheduler=LOSS_TYPES[loss_type].scheduler)
 
 
 def inputs(frames=5, size=32, seed=1):
@@ -25,7 +27,7 @@ def inputs(frames=5, size=32, seed=1):
 
 
 def test_on_v51_it_reproduces_the_mended_diffusers_pipeline(tiny_model_v51):
-    parts = components(tiny_model_v51, "easyanimate_video_v5.1_magvit_qwen.yaml")
+    parts = components(tiny_model_v51, "easyanimate_video_v5.1_magvit_qwen.yaml", "flow")
     control, ref = inputs()
     encoder = parts.text_encoder.encoders[0]
     pipe = MendedEasyAnimateControlPipeline(vae=parts.vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
@@ -42,7 +44,7 @@ def test_on_v51_it_reproduces_the_mended_diffusers_pipeline(tiny_model_v51):
 
 
 def test_on_v5_both_text_encoders_and_the_control_video_shape_the_video(tiny_model_v5):
-    parts = components(tiny_model_v5, "easyanimate_video_v5_magvit_multi_text_encoder.yaml")
+    parts = components(tiny_model_v5, "easyanimate_video_v5_magvit_multi_text_encoder.yaml", "ddpm")
     assert len(parts.text_encoder.encoders) == 2
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
     control, _ = inputs()
