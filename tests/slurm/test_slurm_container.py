@@ -82,13 +82,13 @@ def _node(rank: int = 0, nodes: int = 1):
 @pytest.mark.parametrize("case", ["no runtime", "no image"])
 def test_missing_runtime_or_image_is_a_configuration_error_never_requeued(case, standin_bin, standin_image,
                                                                            tmp_path, monkeypatch):
-    from slurm import attempts, command
+    from slurm import attempts, command, requeue
     image = tmp_path / "missing.sif" if case == "no image" else standin_image
     spec = _spec(tmp_path, image=str(image))
     monkeypatch.setenv("PATH", standin_runtime.path_with(standin_bin if case == "no image" else None))
     assert launch.run_node(spec, _node()) == command.CONFIG_ERROR_EXIT
     folder = command.attempt_dir(spec, _node())
-    outcome = attempts.classify(launch.gather(spec, folder, 1, command.CONFIG_ERROR_EXIT, "", job_info={}))
+    outcome = attempts.classify(requeue.gather(spec, folder, 1, command.CONFIG_ERROR_EXIT, "", job_info={}))
     assert outcome.kind == attempts.CONFIG_ERROR and not outcome.requeue
     assert ("apptainer nor singularity" if case == "no runtime" else "does not exist") in outcome.detail
 

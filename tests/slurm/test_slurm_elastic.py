@@ -15,7 +15,7 @@ from slurm_jobs import REPO
 from easyanimate import runfolder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
-STEPS = 12
+STEPS = 60  # long enough that the cancel lands mid-run however fast the two-node attempt trains
 
 
 @pytest.mark.timeout(900)
