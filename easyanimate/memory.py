@@ -25,9 +25,6 @@ from easyanimate.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
-# A model folder that is not on the submitting machine is sized from the published shapes of the model its YAML
-# describes (data, not code: configs/shapes/*/README.md).
-PUBLISHED_SHAPES = {"easyanimate_video_v5.1_magvit_qwen.yaml": REPO / "configs" / "shapes" / "v5.1-12b-control"}
 
 
 @dataclass(frozen=True)
@@ -174,19 +171,6 @@ def _row(name: str, size: float, how: str) -> str:
     return f"  {name:<28}{_gib(size):>11}  {how}"
 
 
-def model_folder(cfg: TrainConfig) -> tuple[Path, str | None]:
-    folder = Path(cfg.pretrained_model_name_or_path or "")
-    if (folder / "transformer" / "config.json").is_file():
-        return folder, None
-    shapes_folder = PUBLISHED_SHAPES.get(Path(cfg.config_path or "").name)
-    if shapes_folder is None:
-        raise FileNotFoundError(f"--pretrained_model_name_or_path {folder}: no transformer/config.json here, and "
-                                f"no published shapes for --config_path {cfg.config_path}; run the plan where "
-                                "the model folder is.")
-    return shapes_folder, (f"model folder {folder} is not on this machine: sized from the published shapes in "
-                           f"{shapes_folder.relative_to(REPO)}")
-
-
 def _trainable(model, cfg: TrainConfig) -> int:
     keys = [*cfg.trainable_modules, *(cfg.trainable_modules_low_learning_rate or [])]
     return sum(p.numel() for name, p in model.named_parameters() if any(k in name for k in keys))
@@ -199,7 +183,7 @@ def plan(job: Job) -> Plan:
     from easyanimate.models import load_model_spec
 
     cfg = job.cfg
-    folder, note = model_folder(cfg)
+    folder, note = shapes.sized_folder(cfg.pretrained_model_name_or_path, cfg.config_path)
     spec = load_model_spec(cfg.config_path)
     sizes = shapes.model_sizes(folder, spec)
     kwargs = shapes.transformer_kwargs(folder, spec)

@@ -18,6 +18,11 @@ from easyanimate.models import original
 from easyanimate.models.layout import detect_layout
 from easyanimate.models.spec import ModelSpec
 
+REPO = Path(__file__).resolve().parents[1]
+# A model folder that is not on the sizing machine (the login node) is sized from the published shapes of the model
+# its YAML describes (data, not code: configs/shapes/*/README.md).
+PUBLISHED_SHAPES = {"easyanimate_video_v5.1_magvit_qwen.yaml": REPO / "configs" / "shapes" / "v5.1-12b-control"}
+
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -39,6 +44,20 @@ def _config(folder: Path) -> dict:
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"{path}: cannot read the config ({err}); pass the model root that holds "
                                 "transformer/, vae/ and text_encoder/.") from err
+
+
+def sized_folder(model_folder: str | Path | None, config_path: str | Path | None) -> tuple[Path, str | None]:
+    """The folder whose configs give the sizes, and a note when it is not the model folder itself."""
+    folder = Path(model_folder or "")
+    if (folder / "transformer" / "config.json").is_file():
+        return folder, None
+    published = PUBLISHED_SHAPES.get(Path(config_path or "").name)
+    if published is None:
+        raise FileNotFoundError(f"--pretrained_model_name_or_path {folder}: no transformer/config.json here, and "
+                                f"no published shapes for --config_path {config_path}; size the job where the "
+                                "model folder is.")
+    return published, (f"model folder {folder} is not on this machine: sized from the published shapes in "
+                       f"{published.relative_to(REPO)}")
 
 
 def transformer_kwargs(folder: str | Path, spec: ModelSpec) -> dict:

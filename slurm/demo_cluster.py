@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python slurm/demo_cluster.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # replace, not prepend: the script's own folder would shadow the standard library (slurm/secrets.py)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from slurm import status  # noqa: E402
 from slurm import spec as specs  # noqa: E402

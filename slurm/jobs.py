@@ -82,26 +82,25 @@ def _folder_name(name: str) -> str:
 DEFAULT_PARAMS = 12_000_000_000  # EasyAnimate V5/V5.1 12B, when the model folder cannot be read
 
 
-def transformer_params(model_folder: str | None) -> tuple[int, str]:
-    """Parameter count of the model's transformer and where it came from. An estimate from transformer/config.json
-    (per layer: attention + MLP of each stream plus adaptive norms); 12B when the folder is not readable here."""
-    config = runfolder.read_json(Path(model_folder) / "transformer" / "config.json") if model_folder else None
+def transformer_params(flags: dict[str, str]) -> tuple[int, str]:
+    """Parameter count of the job's transformer and where it came from: exact, from the model folder's configs (or
+    the published shapes of its model YAML when the folder is not on this machine), as the memory plan counts it;
+    12B when neither can be read here (no torch on this login node, no model YAML)."""
     try:
-        width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-        layers = int(config["num_layers"])
-        two_streams = min(layers, int(config.get("mmdit_layers") or 0))
-    except (TypeError, KeyError, ValueError):
-        return DEFAULT_PARAMS, "12B default: the model's transformer/config.json is not readable here"
-    # per stream and layer: 4 d^2 attention + 8 d^2 MLP; adaptive norm 2 d^2 per layer
-    params = width * width * (12 * (layers + two_streams) + 2 * layers)
-    return params, f"{params / 1e9:.2f}B estimated from {model_folder}/transformer/config.json"
+        from easyanimate import shapes
+        from easyanimate.models import load_model_spec
+        folder, note = shapes.sized_folder(flags.get("pretrained_model_name_or_path"), flags.get("config_path"))
+        params = shapes.transformer_parameters(folder, load_model_spec(flags.get("config_path") or ""))
+    except (ImportError, OSError, ValueError, KeyError) as err:  # ValueError: a model YAML or config refused
+        return DEFAULT_PARAMS, f"12B default: the model's size is not readable here ({err})"
+    return params, f"{params / 1e9:.2f}B from {folder}/transformer/config.json" + (f" ({note})" if note else "")
 
 
 def lead_time(spec: JobSpec, measured: float | None) -> tuple[int, str]:
     """Seconds of warning this job needs (one step plus its checkpoint's save, plus margin) and how it was
     reckoned."""
     flags = training.explicit_flags(spec.train_args)
-    params, source = transformer_params(flags.get("pretrained_model_name_or_path"))
+    params, source = transformer_params(flags)
     layout = sizing.Layout(nodes=spec.nodes, gpus_per_node=max(1, spec.procs_per_node), deepspeed=spec.deepspeed)
     seconds = sizing.lead_time_s(params, layout, measured_save_s=measured)
     if measured is not None:

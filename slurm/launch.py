@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script on the nodes: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # replace, not prepend: the script's own folder would shadow the standard library (slurm/secrets.py)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from easyanimate import redact, runfolder  # noqa: E402
 from slurm import attempts, command, nccl, requeue, secrets  # noqa: E402

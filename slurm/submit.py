@@ -31,7 +31,8 @@ from typing import Any, Optional, get_args, get_type_hints
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python slurm/submit.py`: make the repository importable
-    sys.path.insert(0, str(REPO))
+    # replace, not prepend: the script's own folder would shadow the standard library (slurm/secrets.py)
+    sys.path[0] = str(REPO)
 
 from slurm import jobs, render, resources, status  # noqa: E402
 from slurm import spec as specs  # noqa: E402

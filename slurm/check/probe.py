@@ -23,7 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 
 if __package__ in (None, ""):  # launched by path, as the trainer is
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    # replace, not prepend: the script's own folder would shadow the standard library (slurm/secrets.py)
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

@@ -60,7 +60,7 @@ def test_dry_run_script_asks_slurm_for_what_the_job_needs():
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:8",
                  "#SBATCH --cpus-per-task=96", "#SBATCH --mem=0", "#SBATCH --exclusive",
                  'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}"',
-                 "#SBATCH --signal=USR2@210", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 "#SBATCH --signal=USR2@208", "#SBATCH --requeue", "#SBATCH --open-mode=append",
                  "#SBATCH --partition=gpu", "#SBATCH --account=video", f"#SBATCH --chdir={REPO}",
                  "#SBATCH --output=/scratch/runs/v51/logs/%j_0_log.out", "trap 'batch_signal=TERM' TERM"):
         assert line in script.splitlines(), line
@@ -122,6 +122,16 @@ def test_templates_are_what_the_renderer_makes_of_the_job_files(job):
     committed = (REPO / "slurm" / "templates" / f"{job}.sbatch").read_text()
     assert committed == jobs.template_text(REPO / "configs" / "jobs" / f"{job}.yaml"), \
         f"regenerate: python slurm/submit.py --job configs/jobs/{job}.yaml --image easyanimate.sif --template"
+
+
+def test_the_template_command_of_the_readme_prints_the_committed_template():
+    """As a script, slurm/ is not on the path: slurm/secrets.py must not shadow the standard library's ``secrets``
+    (huggingface_hub imports it while the model is sized)."""
+    job = "v5.1_control_deepspeed"
+    done = subprocess.run([sys.executable, "slurm/submit.py", "--job", f"configs/jobs/{job}.yaml", "--image",
+                           "easyanimate.sif", "--template"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Error importing" not in done.stderr, done.stderr
+    assert done.stdout == (REPO / "slurm" / "templates" / f"{job}.sbatch").read_text()
 
 
 def test_every_seed_job_has_a_template():

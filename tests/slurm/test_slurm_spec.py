@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from slurm import jobs, spec as specs, submit
 from slurm.spec import JobSpec, SpecError
@@ -89,23 +91,28 @@ def test_spec_survives_the_json_round_trip():
 
 
 def test_lead_time_default_is_one_step_plus_this_models_save_plus_margin():
-    spec = build({"nodes": 1, "gpus_per_node": 8})  # the 12B default: the seed's model folder is not here
-    # ZeRO-2 on one 8-GPU node: 12 B x (2 bf16 module + 12 fp32 master/Adam) bytes = 168 GB at 1 GB/s, twice.
-    assert spec.signal_lead_s == 60 + 2 * 168 + 30
-    assert build({"nodes": 4, "gpus_per_node": 8}).signal_lead_s == 60 + 2 * 60 + 30  # node 0: 24 + 36 GB
+    spec = build({"nodes": 1, "gpus_per_node": 8})  # the seed's model folder is not here: its YAML's published shapes
+    # ZeRO-2 on one 8-GPU node: 11.80 B x (2 bf16 module + 12 fp32 master/Adam) bytes = 165.2 GB at 1 GB/s, twice.
+    assert spec.signal_lead_s == math.ceil(60 + 2 * 11_799_450_176 * 14 / 1e9 + 30)
+    # 4 nodes: node 0 holds the bf16 module (23.6 GB) and its 8 of 32 optimizer shards (35.4 GB)
+    assert build({"nodes": 4, "gpus_per_node": 8}).signal_lead_s == math.ceil(60 + 2 * 11_799_450_176 * 5 / 1e9 + 30)
     assert build({"signal_lead_s": 90}).signal_lead_s == 90
     line = jobs.lead_time_line(spec, None)
-    assert "168 GB" in line and "12B default" in line
+    assert "165 GB" in line and "11.80B" in line and "published shapes" in line
 
 
-def test_lead_time_reads_the_model_size_from_the_transformer_config(tmp_path):
-    model = tmp_path / "model"
-    (model / "transformer").mkdir(parents=True)
-    (model / "transformer" / "config.json").write_text(
-        '{"num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 48, "mmdit_layers": 48}')
-    params, source = jobs.transformer_params(str(model))
-    assert 11e9 < params < 13e9 and "transformer/config.json" in source
-    assert jobs.transformer_params(str(tmp_path / "absent"))[0] == jobs.DEFAULT_PARAMS
+def test_lead_time_counts_the_model_exactly_as_the_memory_plan_does(tiny_model_v51, tmp_path):
+    v51 = str(REPO / "configs" / "easyanimate_video_v5.1_magvit_qwen.yaml")
+    params, source = jobs.transformer_params({"pretrained_model_name_or_path": str(tiny_model_v51),
+                                              "config_path": v51})
+    assert params == sum(t.numel() for t in load_file(tiny_model_v51 / "transformer" /
+                                                      "diffusion_pytorch_model.safetensors").values())
+    assert str(tiny_model_v51) in source
+    # Not on this machine: the published shapes of the model its YAML names (the real V5.1 12B).
+    params, source = jobs.transformer_params({"pretrained_model_name_or_path": "/cluster/only", "config_path": v51})
+    assert params == 11_799_450_176 and "published shapes" in source
+    params, source = jobs.transformer_params({"pretrained_model_name_or_path": str(tmp_path / "absent")})
+    assert params == jobs.DEFAULT_PARAMS and "12B default" in source
 
 
 def test_lead_time_warns_when_the_lead_or_the_grace_time_is_too_short():
