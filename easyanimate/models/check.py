@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import accelerate
 import torch
-from diffusers import EasyAnimateTransformer3DModel
 from safetensors import safe_open
 
+from easyanimate import shapes
 from easyanimate.models import original
 from easyanimate.models.layout import detect_layout
 from easyanimate.models.loading import _second_stream_rule
@@ -48,7 +47,6 @@ def check_model_folder(folder: str | Path, config_path: str | Path | None) -> di
         state = original.to_diffusers_layout(state)
     if config_path:
         _second_stream_rule(kwargs, state, load_model_spec(config_path), where)
-    with accelerate.init_empty_weights():
-        model = EasyAnimateTransformer3DModel.from_config(kwargs)
+    model = shapes.meta_transformer(kwargs)
     check_keys(model, state, where)
-    return {"layout": layout, "params": sum(p.numel() for p in model.parameters())}
+    return {"layout": layout, "params": shapes.count(model)}
