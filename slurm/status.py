@@ -17,6 +17,12 @@ from slurm import spec as specs
 ERROR_LINES = 6
 
 
+# SLURM states in which a job of the folder may still start or run an attempt.
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+UNRECORDED = "unrecorded"
+
+
 def job_ids(job_dir: Path) -> list[str]:
     listed = [j["job_id"] for j in attempts.submitted_jobs(job_dir)]
     seen = [p.name.partition(".")[0] for p in attempts.attempt_dirs(job_dir)]
@@ -70,8 +76,13 @@ def error_excerpt(job_dir: Path, job_id: str, detail: str) -> list[str]:
 def status(job_dir: Path) -> dict:
     job_dir = Path(job_dir)
     spec = specs.read(job_dir / "job.json")
+    local = {j["job_id"] for j in attempts.submitted_jobs(job_dir) if j.get("local")}
+    jobs = {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
+            for job_id in job_ids(job_dir)}
+    folders = attempts.attempt_dirs(job_dir)
+    newest = {folder.name.partition(".")[0]: folder for folder in folders}  # each job's latest attempt
     rows = []
-    for folder in attempts.attempt_dirs(job_dir):
+    for folder in folders:
         record = runfolder.read_json(folder / "attempt.json") or {}
         outcome = record.get("outcome") or {}
         row = {"attempt": folder.name, "started": record.get("started"), "ended": outcome.get("ended"),
@@ -81,15 +92,19 @@ def status(job_dir: Path) -> dict:
                "save_latency_s": outcome.get("save_latency_s"),
                "world_size": record.get("world_size") or (record.get("num_nodes") or 0) * spec.procs_per_node or None,
                "nodes": record.get("num_nodes")}
+        job_id = folder.name.partition(".")[0]
+        state = jobs.get(job_id, {}).get("state", "?")
+        if not outcome and (newest[job_id] != folder or
+                            (job_id not in local and state.split()[0] not in ACTIVE_STATES)):
+            # Killed before it could record an outcome (a cancel's SIGKILL, a lost node): not running any more.
+            row |= {"outcome": UNRECORDED, "detail": f"ended without recording an outcome (SLURM: {state})"}
         if row["outcome"] == attempts.CRASHED:
-            row["error"] = error_excerpt(job_dir, folder.name.partition(".")[0], row["detail"])
+            row["error"] = error_excerpt(job_dir, job_id, row["detail"])
         rows.append(row)
     output = Path(spec.output_dir)
-    local = {j["job_id"] for j in attempts.submitted_jobs(job_dir) if j.get("local")}
     return {
         "job_dir": str(job_dir), "name": spec.name, "output_dir": str(output),
-        "jobs": {job_id: {"state": "local run (submitit)"} if job_id in local else slurm_state(job_id)
-                 for job_id in job_ids(job_dir)},
+        "jobs": jobs,
         "attempts": rows,
         "latest_checkpoint": runfolder.latest_checkpoint(output),
         "markers": {name: runfolder.read_json(output / name)

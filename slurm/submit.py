@@ -175,11 +175,6 @@ def _run_local(spec) -> int:
     return 0
 
 
-# SLURM states in which a job of the folder may still start or run an attempt.
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
-
-
 def resubmit_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="slurm/submit.py resubmit", description="Submit a job folder's job again "
                                      "(its job.json), optionally on another number of nodes; the trainer resumes the "
@@ -202,7 +197,7 @@ def resubmit_main(argv: list[str]) -> int:
             sys.stdout.write(jobs.dry_run_text(spec, []))
             return 0
         active = {job: state["state"] for job in status.job_ids(args.job_dir)
-                  if (state := status.slurm_state(job))["state"] in ACTIVE_STATES}
+                  if (state := status.slurm_state(job))["state"] in status.ACTIVE_STATES}
         if active:
             raise SpecError(f"{args.job_dir}: job(s) {active} still hold this folder; wait for them or run "
                             f"`python slurm/submit.py cancel {args.job_dir}` first.")
