@@ -36,6 +36,17 @@ def most_common_call(calls: list[dict]) -> dict:
     return next(call for call in calls if signature(call) == best)
 
 
+def loop_overheads(step_starts: list[float], phases: list[dict]) -> list[float]:
+    """Per step (from one forward's start to the next's), the share of its time spent outside the loop's compute
+    phases (``{"start", "end"}`` each, timed with the device synchronised): 1 - compute / step."""
+    shares = []
+    for start, end in zip(step_starts, step_starts[1:]):
+        compute = sum(min(p["end"], end) - max(p["start"], start) for p in phases
+                      if p["start"] < end and p["end"] > start)
+        shares.append(1 - compute / (end - start))
+    return shares
+
+
 def make_inputs(call: dict, device, dtype: torch.dtype) -> tuple[list, dict]:
     """Random tensors with the recorded shapes (floats in ``dtype``; integer timesteps mid-range; masks ones)."""
     def make(spec):

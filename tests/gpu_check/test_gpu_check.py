@@ -41,6 +41,14 @@ def test_flop_count_grows_with_the_tokens(tiny_model_v51):
     assert 0 < one < four
 
 
+def test_loop_overhead_is_the_share_of_each_step_outside_the_compute_phases():
+    # Steps start at 0, 10 and 20 s; compute 0-6 s and 7-9 s in the first, 11-20 s (ending as the next forward
+    # starts) in the second; a phase that runs on past a step's end counts only inside it.
+    phases = [{"start": 0.0, "end": 6.0}, {"start": 7.0, "end": 9.0}, {"start": 11.0, "end": 20.0},
+              {"start": 29.0, "end": 31.0}]
+    assert measure.loop_overheads([0.0, 10.0, 20.0, 30.0], phases) == pytest.approx([0.2, 0.1, 0.9])
+
+
 @pytest.mark.integration
 def test_dry_run_passes_every_part(tmp_path):
     """The GPU check's own code paths on the CPU: the seed job through submit.py --local, timing and FLOPs, the
@@ -57,6 +65,8 @@ def test_dry_run_passes_every_part(tmp_path):
         "resume_bitwise": "PASS"}
     assert parts["seed_run"]["steps"] >= 3 and parts["seed_run"]["complete"]
     assert parts["throughput"]["model_tflops_per_step"] > 0 and parts["throughput"]["pure_fwd_bwd_s"] > 0
+    overheads = parts["throughput"]["loop_overheads"]  # one per timed step, each a share of its step
+    assert len(overheads) == parts["seed_run"]["steps"] - 1 and all(0 <= share < 1 for share in overheads)
     bitwise = parts["resume_bitwise"]
     assert bitwise["requeue"]["signal"] == "SIGUSR2" and bitwise["resumed_from_checkpoint"]
     assert bitwise["differing_tensors"] == 0 and bitwise["tensors"] > 0
