@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from easyanimate.models import original
+from easyanimate.models.meta import count, meta_module, meta_transformer
 from easyanimate.models.layout import detect_layout
 from easyanimate.models.spec import ModelSpec
 
@@ -78,23 +77,6 @@ def vae_kwargs(folder: str | Path, spec: ModelSpec) -> dict:
     is_original = detect_layout(folder, require_weights=False) == "original"
     return original.vae_kwargs(_config(folder / "vae"), spec.vae_kwargs, original=is_original,
                                where=str(folder / "vae"))
-
-
-def meta_module(cls, kwargs: dict) -> torch.nn.Module:
-    """``cls`` built from its config with every tensor on the meta device."""
-    import accelerate
-
-    with accelerate.init_empty_weights(include_buffers=True):
-        return cls.from_config(kwargs)
-
-
-def meta_transformer(kwargs: dict) -> torch.nn.Module:
-    from diffusers import EasyAnimateTransformer3DModel
-    return meta_module(EasyAnimateTransformer3DModel, kwargs)
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def transformer_parameters(folder: str | Path, spec: ModelSpec) -> int:

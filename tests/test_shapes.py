@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from easyanimate import shapes
 from easyanimate.models import load_model_spec
@@ -17,7 +18,7 @@ YAML = {"v5.1": REPO / "configs" / "easyanimate_video_v5.1_magvit_qwen.yaml",
 
 def _loaded_counts(folder: Path, spec) -> tuple[int, int, int]:
     from easyanimate.models.text import TextEncoder
-    text = TextEncoder.from_folder(folder, spec, device="cpu", dtype=shapes.torch.float32)
+    text = TextEncoder.from_folder(folder, spec, device="cpu", dtype=torch.float32)
     return (shapes.count(load_transformer(folder, spec)), shapes.count(load_vae(folder, spec)),
             sum(shapes.count(e.model) for e in text.encoders))
 

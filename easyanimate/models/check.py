@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from easyanimate import shapes
 from easyanimate.models import original
 from easyanimate.models.layout import detect_layout
 from easyanimate.models.loading import _second_stream_rule
+from easyanimate.models.meta import count, meta_transformer
 from easyanimate.models.spec import load_model_spec
 from easyanimate.models.weights import StrictLoadError, _weight_files, check_keys
 
@@ -47,6 +47,6 @@ def check_model_folder(folder: str | Path, config_path: str | Path | None) -> di
         state = original.to_diffusers_layout(state)
     if config_path:
         _second_stream_rule(kwargs, state, load_model_spec(config_path), where)
-    model = shapes.meta_transformer(kwargs)
+    model = meta_transformer(kwargs)
     check_keys(model, state, where)
-    return {"layout": layout, "params": shapes.count(model)}
+    return {"layout": layout, "params": count(model)}
