@@ -37,7 +37,8 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
 from easyanimate.runfolder import MANIFEST, fsync_dir  # noqa: E402
-from easyanimate.training.checkpoint import Checkpointer, read_manifest  # noqa: E402
+from easyanimate.training.checkpoint import Checkpointer  # noqa: E402
+from easyanimate.training.manifest import read_manifest  # noqa: E402
 
 LAYERS = 4
 CHUNK = 64 << 20

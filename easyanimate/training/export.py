@@ -19,7 +19,8 @@ import torch
 from diffusers import EasyAnimateTransformer3DModel
 from safetensors.torch import load_file
 
-from easyanimate.training.checkpoint import MODEL_CONFIG, CheckpointError, read_manifest, verify
+from easyanimate.training.checkpoint import MODEL_CONFIG
+from easyanimate.training.manifest import CheckpointError, read_manifest, verify
 
 logger = logging.getLogger(__name__)
 

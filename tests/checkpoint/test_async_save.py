@@ -11,7 +11,8 @@ from test_checkpointer import train_steps, trainer, weights  # noqa: F401 (train
 
 from easyanimate import runfolder
 from easyanimate.training import async_save, rng_state
-from easyanimate.training.checkpoint import CheckpointError, Checkpointer, read_manifest, verify
+from easyanimate.training.checkpoint import Checkpointer
+from easyanimate.training.manifest import CheckpointError, read_manifest, verify
 
 
 def test_staged_copy_keeps_shared_storage_views_types_and_survives_later_writes():

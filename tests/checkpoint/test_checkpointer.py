@@ -11,8 +11,9 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from easyanimate.training import rng_state
-from easyanimate.training.checkpoint import (
-    MANIFEST, CheckpointError, Checkpointer, file_digest, read_manifest, verify)
+from easyanimate.runfolder import MANIFEST
+from easyanimate.training.checkpoint import Checkpointer
+from easyanimate.training.manifest import CheckpointError, file_digest, read_manifest, verify
 
 
 @pytest.fixture

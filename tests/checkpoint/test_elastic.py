@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from easyanimate.training import elastic, rng_state
-from easyanimate.training.checkpoint import verify
+from easyanimate.training.manifest import verify
 from launching import REPO, run
 
 WORKER = str(REPO / "tests" / "checkpoint" / "ckpt_worker.py")

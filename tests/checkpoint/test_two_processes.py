@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from easyanimate.training import signals
-from easyanimate.training.checkpoint import read_manifest, verify
+from easyanimate.training.manifest import read_manifest, verify
 from launching import REPO, run
 
 pytestmark = pytest.mark.integration
