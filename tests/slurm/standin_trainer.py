@@ -6,7 +6,8 @@ checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
 STANDIN_STEP_S sets the step time; STANDIN_SAVE_S makes every save take that long (a big model's save);
 STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE makes rank 0's signal-triggered save
-fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown).
+fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown);
+STANDIN_IGNORE_SIGNALS=USR2 makes every rank ignore that signal (a warning that never reaches the trainer).
 Each rank writes
 where it ran and the argv it got to output_dir/ranks/rankR.json.
 """
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -62,7 +64,10 @@ def main(argv: list[str]) -> int:
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     signals.clear_requeue_marker(output)
-    handler = signals.PreemptionHandler().install()
+    lost = [getattr(signal, f"SIG{name}") for name in os.environ.get("STANDIN_IGNORE_SIGNALS", "").split(",") if name]
+    handler = signals.PreemptionHandler(tuple(s for s in runfolder.PREEMPTION_SIGNALS if s not in lost)).install()
+    for sig in lost:
+        signal.signal(sig, signal.SIG_IGN)
     # Like the trainer's config dump: no secret in a file others may read; digests prove the values arrived.
     digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in [*os.environ.items(), ("hub_token", cfg.hub_token)]
                if redact.is_secret(k, v)}
