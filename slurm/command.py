@@ -11,12 +11,14 @@ settings, tracker and hub credentials, locale, proxies) is passed by name, throu
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from easyanimate import redact
 from slurm import nccl
 from slurm.spec import JobSpec
 
@@ -79,6 +81,9 @@ def training_env(spec: JobSpec) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"
     if spec.container != "none":
         env.update(CONTAINER_ENV)
+    secret_flags = redact.split_argv(spec.train_args)[1]
+    if secret_flags:  # never on the command line, which every user of the node can read
+        env[redact.SECRET_ARGS_ENV] = json.dumps(secret_flags)
     env.update(nccl.environment(spec.nccl, {}, collective_timeout_min=spec.collective_timeout_min))
     env.update(spec.env)
     return env
@@ -105,8 +110,9 @@ def node_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
 
 
 def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
+    train_args = redact.split_argv(spec.train_args)[0]  # the secret ones travel in the environment
     if runs_trainer_directly(spec, node):
-        return [spec.train_python, spec.entry, *spec.train_args]
+        return [spec.train_python, spec.entry, *train_args]
     world = node.num_nodes * spec.procs_per_node
     argv = [spec.train_python, "-m", "accelerate.commands.launch",
             "--num_machines", str(node.num_nodes), "--machine_rank", str(node.node_rank),
@@ -120,7 +126,7 @@ def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
         argv += ["--multi_gpu"]
     elif spec.gpus_per_node == 0:
         argv += ["--cpu"]
-    return argv + [spec.entry, *spec.train_args]
+    return argv + [spec.entry, *train_args]
 
 
 def _covered(path: str, by: list[str]) -> bool:
