@@ -104,9 +104,25 @@ def launcher_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
             "ACCELERATE_DYNAMO_BACKEND": "NO"}
 
 
-def node_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    """Everything the training processes of this node get on top of the image (the env file's contents)."""
-    return {**training_env(spec), **launcher_env(spec, node)}
+def thread_env(spec: JobSpec, environ: dict[str, str] | None) -> dict[str, str]:
+    """OMP_NUM_THREADS = the task's cores / the node's training processes. Unset, torch starts a thread per core of
+    the machine in every process (and accelerate's CPU path counts the machine's cores, not the job's): 8 ranks on
+    a 96-core node would run 768 threads. The job's ``--env`` and the node's environment (the submitting shell's,
+    which sbatch exports, or a ``--setup`` line) win. ``environ`` None: a dry run, before the job knows its cores."""
+    if "OMP_NUM_THREADS" in spec.env or "OMP_NUM_THREADS" in (environ or {}):
+        return {}
+    if environ is None:
+        cores = spec.cpus_per_task
+    else:  # srun always gets --cpus-per-task from the script (SRUN_CPUS_PER_TASK); a local run has none
+        cores = int(environ.get("SLURM_CPUS_PER_TASK") or spec.cpus_per_task or len(os.sched_getaffinity(0)))
+    procs = spec.procs_per_node
+    return {"OMP_NUM_THREADS": str(max(1, cores // procs)) if cores else f"<$SLURM_CPUS_PER_TASK / {procs}>"}
+
+
+def node_env(spec: JobSpec, node: NodeContext, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Everything the training processes of this node get on top of the image (the env file's contents), given the
+    node's own environment (None: a dry run)."""
+    return {**training_env(spec), **launcher_env(spec, node), **thread_env(spec, environ)}
 
 
 def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:

@@ -178,7 +178,8 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = {**command.node_env(spec, node), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
+    env = {**command.node_env(spec, node, dict(os.environ)),
+           runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
     hardware = nccl.detect_hardware()
     for warning in nccl.warnings(env, hardware, profile=spec.nccl):
         logger.warning("NCCL: %s", warning)
