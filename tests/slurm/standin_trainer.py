@@ -127,4 +127,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if dist.is_initialized():  # as the trainer's accelerator.end_training(): a live gloo group aborts the exit
+        dist.destroy_process_group()
+    sys.exit(code)
