@@ -11,9 +11,12 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
+
+from easyanimate import redact
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags -> TrainConfig (no validation of files; see ``validate``)."""
-    namespace = build_parser().parse_args(argv)
+    """Flags -> TrainConfig (no validation of files; see ``validate``). Secret flags the job's launcher kept off
+    the command line come from the environment (``easyanimate.redact``)."""
+    namespace = build_parser().parse_args([*(sys.argv[1:] if argv is None else argv), *redact.secret_args()])
     cfg = TrainConfig(**vars(namespace))
     env_rank = os.environ.get("LOCAL_RANK")
     if env_rank is not None:

@@ -4,7 +4,9 @@ completed, preempted, timed_out, crashed, node_failure, cancelled or budget_exha
 The evidence is ours, not guessed from elapsed time: the trainer's markers in the run folder (``requeue.json``
 after a signal-triggered save committed on every rank, ``complete.json`` at the last step), what each node's
 launcher saw (signals, exit code), whether the batch shell got SIGTERM (then SLURM itself is ending the attempt),
-and SLURM's own view (``scontrol show job``: PreemptTime, EndTime). A crash is never requeued.
+and SLURM's own view (``scontrol show job``: PreemptTime, EndTime, Restarts, and ``Reason=TimeLimit`` at the SIGTERM
+of the time limit, the one ending SLURM never requeues by itself). A crash is never requeued, nor a time-out that
+committed nothing new (the next attempt would end the same way).
 Standard library only.
 """
 
@@ -56,12 +58,22 @@ class Evidence:
     cancel_requested: bool = False                     # `submit.py cancel` ran during this attempt
     signal_lead_s: int = 0
     slurm_requeued: bool = False                       # SLURM already requeued the job (node failure, requeue)
+    time_limit: bool = False                           # SLURM ends the attempt at its time limit (Reason=TimeLimit)
+    resumed_step: int = 0                              # the checkpoint this attempt started from (0: scratch)
+    committed: Optional[dict] = None                   # the newest committed checkpoint now ({"step", "path"})
 
     @property
     def slurm_ends_it(self) -> bool:
-        """SLURM itself is ending this attempt (SIGTERM to the batch shell) or has requeued it already: we never
-        requeue on top."""
-        return self.batch_signal == "TERM" or self.slurm_requeued
+        """SLURM itself is ending this attempt (SIGTERM to the batch shell) and brings it back or means it to end
+        (scontrol requeue, preemption, scancel), or has requeued it already: we never requeue on top. Not at the
+        time limit: SLURM ends a timed-out job for good."""
+        return (self.batch_signal == "TERM" and not self.time_limit) or self.slurm_requeued
+
+    @property
+    def progressed(self) -> bool:
+        """A checkpoint newer than the one this attempt resumed from is committed: another attempt gets further."""
+        steps = [c["step"] for c in (self.committed, self.requeue_marker) if c and c.get("step") is not None]
+        return max(steps, default=0) > self.resumed_step
 
 
 def _first_signal(nodes: list[dict]) -> Optional[dict]:
@@ -73,9 +85,27 @@ def _interruption(ev: Evidence, signal_time: float) -> tuple[str, str]:
     """(kind, why) of an interruption signalled at ``signal_time``."""
     if ev.preempt_time:
         return PREEMPTED, "SLURM preempted the job for a higher-priority one"
+    if ev.time_limit:
+        return TIMED_OUT, "SLURM ended the job at its time limit"
     if ev.end_time is not None and ev.end_time - signal_time <= ev.signal_lead_s + TIMEOUT_SLACK_S:
         return TIMED_OUT, f"signal {ev.end_time - signal_time:.0f}s before the time limit"
     return PREEMPTED, "signal well before the time limit (scancel --signal, scontrol requeue, an admin)"
+
+
+NO_PROGRESS = ("nothing newer than the checkpoint this attempt resumed from was committed: not requeued (the next "
+               "attempt would end the same way; raise --time or --signal-lead-s, or save more often)")
+
+
+def _timed_out_unsaved(ev: Evidence) -> Outcome:
+    """SIGTERM of the time limit and no signal save committed: the warning never reached the trainer, or its save
+    did not fit in KillWait. The run comes back from the newest checkpoint if this attempt committed one (SLURM
+    will not requeue a timed-out job itself)."""
+    why = "SIGTERM at the time limit before a signal-triggered save committed (no warning, or the save did not fit)"
+    if not ev.progressed:
+        return Outcome(TIMED_OUT, f"{why}; {NO_PROGRESS}")
+    step, path = ev.committed["step"], ev.committed["path"]
+    return Outcome(TIMED_OUT, f"{why}; resumes from checkpoint {step}, committed during this attempt",
+                   requeue=True, step=step, checkpoint=path)
 
 
 def classify(ev: Evidence) -> Outcome:
@@ -102,7 +132,11 @@ def classify(ev: Evidence) -> Outcome:
         if ev.slurm_ends_it:
             return Outcome(kind, f"{saved}; SLURM itself is ending this attempt and requeues it unless it was "
                            "cancelled", **common)
+        if kind == TIMED_OUT and not ev.progressed:
+            return Outcome(kind, f"{saved}; {NO_PROGRESS}", **common)
         return Outcome(kind, saved, requeue=True, **common)
+    if ev.time_limit:
+        return _timed_out_unsaved(ev)
     # A node that neither exited nor heard a signal died without being told (a node killed after SLURM's
     # KillWait still recorded the signal that preceded it); the other nodes' errors follow from losing a peer.
     reported = {n["node_rank"]: n for n in ev.nodes}
@@ -189,6 +223,14 @@ def slurm_requeued(job_info: dict[str, str], restart_count: int) -> bool:
     """SLURM has requeued this job since the attempt ``restart_count`` started."""
     restarts = job_info.get("Restarts", "0")
     return (restarts.isdigit() and int(restarts) > restart_count) or job_info.get("JobState") in SLURM_REQUEUED_STATES
+
+
+def at_time_limit(job_info: dict[str, str], restart_count: int) -> bool:
+    """SLURM is ending the attempt ``restart_count`` at its time limit. Measured on Slurm 22.05 at the SIGTERM:
+    the time limit reads JobState=COMPLETING Reason=TimeLimit (TIMEOUT once done), Restarts unchanged; scancel
+    COMPLETING Reason=None; scontrol requeue and preemption have Restarts already raised."""
+    return (job_info.get("Reason") == "TimeLimit" or job_info.get("JobState") == "TIMEOUT") and \
+        not slurm_requeued(job_info, restart_count)
 
 
 def partition_info(partition: Optional[str]) -> dict[str, str]:

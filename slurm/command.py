@@ -11,12 +11,14 @@ settings, tracker and hub credentials, locale, proxies) is passed by name, throu
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from easyanimate import redact
 from slurm import nccl
 from slurm.spec import JobSpec
 
@@ -79,6 +81,9 @@ def training_env(spec: JobSpec) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"
     if spec.container != "none":
         env.update(CONTAINER_ENV)
+    secret_flags = redact.split_argv(spec.train_args)[1]
+    if secret_flags:  # never on the command line, which every user of the node can read
+        env[redact.SECRET_ARGS_ENV] = json.dumps(secret_flags)
     env.update(nccl.environment(spec.nccl, {}, collective_timeout_min=spec.collective_timeout_min))
     env.update(spec.env)
     return env
@@ -99,14 +104,31 @@ def launcher_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
             "ACCELERATE_DYNAMO_BACKEND": "NO"}
 
 
-def node_env(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    """Everything the training processes of this node get on top of the image (the env file's contents)."""
-    return {**training_env(spec), **launcher_env(spec, node)}
+def thread_env(spec: JobSpec, environ: dict[str, str] | None) -> dict[str, str]:
+    """OMP_NUM_THREADS = the task's cores / the node's training processes. Unset, torch starts a thread per core of
+    the machine in every process (and accelerate's CPU path counts the machine's cores, not the job's): 8 ranks on
+    a 96-core node would run 768 threads. The job's ``--env`` and the node's environment (the submitting shell's,
+    which sbatch exports, or a ``--setup`` line) win. ``environ`` None: a dry run, before the job knows its cores."""
+    if "OMP_NUM_THREADS" in spec.env or "OMP_NUM_THREADS" in (environ or {}):
+        return {}
+    if environ is None:
+        cores = spec.cpus_per_task
+    else:  # srun always gets --cpus-per-task from the script (SRUN_CPUS_PER_TASK); a local run has none
+        cores = int(environ.get("SLURM_CPUS_PER_TASK") or spec.cpus_per_task or len(os.sched_getaffinity(0)))
+    procs = spec.procs_per_node
+    return {"OMP_NUM_THREADS": str(max(1, cores // procs)) if cores else f"<$SLURM_CPUS_PER_TASK / {procs}>"}
+
+
+def node_env(spec: JobSpec, node: NodeContext, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Everything the training processes of this node get on top of the image (the env file's contents), given the
+    node's own environment (None: a dry run)."""
+    return {**training_env(spec), **launcher_env(spec, node), **thread_env(spec, environ)}
 
 
 def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
+    train_args = redact.split_argv(spec.train_args)[0]  # the secret ones travel in the environment
     if runs_trainer_directly(spec, node):
-        return [spec.train_python, spec.entry, *spec.train_args]
+        return [spec.train_python, spec.entry, *train_args]
     world = node.num_nodes * spec.procs_per_node
     argv = [spec.train_python, "-m", "accelerate.commands.launch",
             "--num_machines", str(node.num_nodes), "--machine_rank", str(node.node_rank),
@@ -120,7 +142,7 @@ def accelerate_argv(spec: JobSpec, node: NodeContext) -> list[str]:
         argv += ["--multi_gpu"]
     elif spec.gpus_per_node == 0:
         argv += ["--cpu"]
-    return argv + [spec.entry, *spec.train_args]
+    return argv + [spec.entry, *train_args]
 
 
 def _covered(path: str, by: list[str]) -> bool:

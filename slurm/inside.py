@@ -10,13 +10,20 @@ SIGTERM keeps its default: the torchrun agent handles it (forwards, waits TORCH_
 a one-process job runs the trainer itself, which handles it.
 
 Apptainer lets variables set in the image beat the host's, so only a report from in here shows the effective
-NCCL values. Usage: ``python slurm/inside.py -- COMMAND...``. Standard library only, no project imports.
+NCCL values (secret values read ``<redacted>``). Usage: ``python slurm/inside.py -- COMMAND...``. Standard library
+only (and ``easyanimate.redact``, itself standard library).
 """
 
 import os
 import signal
 import socket
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from easyanimate import redact  # noqa: E402
 
 REPORTED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "TORCH_FR_", "TORCH_ELASTIC_", "FI_", "DEEPSPEED_", "DS_ACCELERATOR",
                      "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_NODEID",
@@ -51,7 +58,8 @@ def disposition_line(when: str) -> str:
 def report(environ: dict[str, str]) -> list[str]:
     runtime = "apptainer " + environ["APPTAINER_CONTAINER"] if "APPTAINER_CONTAINER" in environ else "host"
     lines = [f"runtime: {runtime}; python: {sys.executable}"]
-    lines += [f"{key}={environ[key]}" for key in sorted(environ) if key.startswith(REPORTED_PREFIXES)]
+    shown = redact.mapping({key: value for key, value in environ.items() if key.startswith(REPORTED_PREFIXES)})
+    lines += [f"{key}={shown[key]}" for key in sorted(shown)]
     return lines
 
 

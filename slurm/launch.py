@@ -9,7 +9,8 @@
   checkpoint was committed by every rank, it requeues the job from inside (or resubmits it where the partition
   cancels preempted jobs or refuses the requeue), within the budget of its kind (slurm/requeue.py).
 - ``end`` (batch shell, after srun): records the attempt's outcome; it brings the job back only if node 0 did
-  not (a node failure SLURM does not handle itself). Crashes are never requeued; SLURM's own requeues never twice.
+  not (a node failure or a time limit, which SLURM does not requeue itself). Crashes are never requeued; SLURM's
+  own requeues never twice.
 
 Usage: ``python slurm/launch.py begin|node|end JOB_DIR/job.json [...]``.
 """
@@ -178,7 +179,8 @@ def process_tree(root: int) -> list[int]:
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
-    env = {**command.node_env(spec, node), runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
+    env = {**command.node_env(spec, node, dict(os.environ)),
+           runfolder.ATTEMPT_ENV: node.attempt_id}  # the fence's id (begin claims)
     hardware = nccl.detect_hardware()
     for warning in nccl.warnings(env, hardware, profile=spec.nccl):
         logger.warning("NCCL: %s", warning)

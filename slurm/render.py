@@ -46,8 +46,8 @@ def setup_lines(spec: JobSpec) -> list[str]:
         f"cat > \"$JOB_DIR/job.json\" <<'{HEREDOC}'",
         *specs.to_json(secrets.shown(spec)).splitlines(),  # secrets: JOB_DIR/secrets.json (0600) only
         HEREDOC,
-        "# SIGTERM here means SLURM itself ends or requeues this attempt (scontrol requeue, preemption, scancel,",
-        "# time limit): note it, let the steps finish their save, and never requeue on top of SLURM.",
+        "# SIGTERM here means SLURM itself ends this attempt (scontrol requeue, preemption, scancel, time limit):",
+        "# note it and let the steps finish their save. The launcher asks SLURM which: a time limit it never requeues.",
         "trap 'batch_signal=TERM' TERM",
         "# Slurm 22.05-23.02 do not pass the job's --cpus-per-task on to srun; whole-node jobs own every core.",
         'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}"',

@@ -1,8 +1,9 @@
 """Bringing a run back after an interrupted attempt: within the retry budget of the attempt's kind, requeue the
 job, or where the partition cancels preempted jobs or SLURM refuses the requeue, submit a new job on the same job
-folder. Node 0's launcher does it while training runs, as soon as the trainer's ``requeue.json`` is committed
-(``RequeueWatcher``, as submitit and Lightning requeue from inside the job); the batch shell's ``end`` only when
-nobody did. Exactly one of them acts per attempt. Standard library only.
+folder. Node 0's launcher does it while training runs, as soon as the trainer's ``requeue.json`` is committed, or
+at the SIGTERM of the time limit when this attempt committed a checkpoint (``RequeueWatcher``, as submitit and
+Lightning requeue from inside the job); the batch shell's ``end`` only when nobody did. Exactly one of them acts per
+attempt. Standard library only.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_
         preempt_time=attempts.slurm_time(job_info.get("PreemptTime")) is not None,
         end_time=attempts.slurm_time(job_info.get("EndTime")), signal_lead_s=spec.signal_lead_s,
         slurm_requeued=attempts.slurm_requeued(job_info, restart_count) if job_info else False,
+        time_limit=attempts.at_time_limit(job_info, restart_count),
+        resumed_step=(record.get("resume_from") or {}).get("step", 0), committed=runfolder.latest_checkpoint(output),
         cancel_requested=runfolder.read_marker(Path(spec.job_dir), attempts.CANCEL_MARKER, record["started"])
         is not None)
 
@@ -111,7 +114,9 @@ class RequeueWatcher:
     """Node 0's launcher, while training runs: as soon as the trainer's ``requeue.json`` of this attempt is
     committed, classify the attempt and bring the job back from inside the running job (as submitit and Lightning
     do). A teardown that hangs, or a save that ends near the time limit, then cannot turn into a final TIMEOUT:
-    SLURM never requeues a timed-out job by itself. The batch shell's ``end`` only records what happened."""
+    SLURM never requeues a timed-out job by itself. The same at the time limit's SIGTERM when the warning never
+    came: SLURM's SIGKILL follows KillWait later, so the run comes back from the newest checkpoint at once. The
+    batch shell's ``end`` only records what happened."""
 
     def __init__(self, spec: JobSpec, node: NodeContext, *, every: float = 1.0):
         self.spec, self.node, self.every = spec, node, every
@@ -147,14 +152,19 @@ class RequeueWatcher:
             runfolder.write_json_atomic(folder / "attempt.json", record)
             return True
         marker = runfolder.read_marker(Path(self.spec.output_dir), runfolder.REQUEUE_MARKER, record["started"])
-        if marker is None or marker.get("attempt") not in (None, self.node.attempt_id):
-            return False
+        saved = marker is not None and marker.get("attempt") in (None, self.node.attempt_id)
         own = runfolder.read_json(folder / f"node{self.node.node_rank}.json") or {}
-        # SIGTERM reached this step: SLURM itself ends the attempt (scontrol requeue, preemption, scancel).
-        batch_signal = "TERM" if any(s["name"] == "TERM" for s in own.get("signals", [])) else ""
+        # SIGTERM reached this step: SLURM itself ends the attempt (scontrol requeue, preemption, scancel, or the
+        # time limit, which SLURM never requeues: then the run comes back from here, saved or not).
+        terminated = any(s["name"] == "TERM" for s in own.get("signals", []))
+        if not saved and not terminated:
+            return False
         job_info = attempts.scontrol_job(self.node.job_id)
-        outcome = attempts.classify(gather(self.spec, folder, self.node.num_nodes, 0, batch_signal,
+        if terminated and not job_info:  # which SIGTERM it was, only SLURM can say: ask again at the next look
+            return False
+        outcome = attempts.classify(gather(self.spec, folder, self.node.num_nodes, 0, "TERM" if terminated else "",
                                            job_info=job_info, restart_count=self.node.restart_count))
         if outcome.requeue:
             close(self.spec, self.node, outcome, job_info, requeue=attempts.requeue, by="node 0's launcher")
-        return True
+            return True
+        return saved  # terminated before the save committed: it may still commit before SLURM's SIGKILL

@@ -30,9 +30,11 @@ def slurm_cluster(tmp_path_factory) -> Cluster:
 
 
 @pytest.fixture
-def slurm_env(slurm_cluster, monkeypatch) -> Cluster:
-    """Point sbatch/squeue/scontrol (and the jobs they start) at the test cluster."""
+def slurm_env(slurm_cluster, monkeypatch, tmp_path) -> Cluster:
+    """Point sbatch/squeue/scontrol (and the jobs they start) at the test cluster, from the test's own folder: a job
+    submitted without --output writes slurm-JOBID.out into the current directory, never into the repository."""
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return slurm_cluster
 

@@ -6,15 +6,18 @@ checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
 STANDIN_STEP_S sets the step time; STANDIN_SAVE_S makes every save take that long (a big model's save);
 STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE makes rank 0's signal-triggered save
-fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown).
+fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown);
+STANDIN_IGNORE_SIGNALS=USR2 makes every rank ignore that signal (a warning that never reaches the trainer).
 Each rank writes
-where it ran and the argv it got to output_dir/ranks/rankR.json.
+where it ran, the argv it got and the command lines of its launch chain (as ``ps`` shows them to every user of the
+node) to output_dir/ranks/rankR.json.
 """
 
 import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +51,22 @@ def save(output: Path, step: int, weights: list[float]) -> Path:
     return final
 
 
+def launch_chain() -> list[str]:
+    """Command lines of this process and its ancestors up to slurmstepd (or the top), from /proc/PID/cmdline."""
+    chain, pid = [], os.getpid()
+    while pid > 1:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        chain.append(cmdline)
+        if cmdline.startswith("slurmstepd"):
+            break
+        pid = parent
+    return chain
+
+
 def update(weights: list[float], step: int) -> list[float]:
     value = torch.tensor(weights) * 0.5 + step
     dist.all_reduce(value) if dist.is_initialized() else None
@@ -62,12 +81,15 @@ def main(argv: list[str]) -> int:
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     signals.clear_requeue_marker(output)
-    handler = signals.PreemptionHandler().install()
+    lost = [getattr(signal, f"SIG{name}") for name in os.environ.get("STANDIN_IGNORE_SIGNALS", "").split(",") if name]
+    handler = signals.PreemptionHandler(tuple(s for s in runfolder.PREEMPTION_SIGNALS if s not in lost)).install()
+    for sig in lost:
+        signal.signal(sig, signal.SIG_IGN)
     # Like the trainer's config dump: no secret in a file others may read; digests prove the values arrived.
     digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in [*os.environ.items(), ("hub_token", cfg.hub_token)]
-               if redact.is_secret(k, v)}
+               if redact.is_secret(k, v) and k != redact.SECRET_ARGS_ENV}
     where = {"rank": distributed.rank(), "world_size": distributed.world_size(), "argv": redact.argv(argv),
-             "secret_digests": digests,
+             "secret_digests": digests, "launch_chain": launch_chain(),
              "node": os.environ.get("SLURM_NODEID"), "restart": os.environ.get("SLURM_RESTART_COUNT")}
     (output / "ranks").mkdir(exist_ok=True)
     (output / "ranks" / f"rank{distributed.rank()}.json").write_text(json.dumps(where))
@@ -105,4 +127,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if dist.is_initialized():  # as the trainer's accelerator.end_training(): a live gloo group aborts the exit
+        dist.destroy_process_group()
+    sys.exit(code)

@@ -71,6 +71,46 @@ def test_when_slurm_sent_term_to_the_batch_shell_we_never_requeue_on_top():
     assert out.kind == "preempted" and not out.requeue and "SLURM itself" in out.detail
 
 
+# What scontrol show job said at the SIGTERM, measured on the test cluster (Slurm 22.05).
+AT_TIME_LIMIT = {"JobState": "COMPLETING", "Reason": "TimeLimit", "Restarts": "0"}
+AT_SCANCEL = {"JobState": "COMPLETING", "Reason": "None", "Restarts": "0"}
+AT_REQUEUE_OR_PREEMPTION = {"JobState": "COMPLETING", "Reason": "None", "Restarts": "1"}
+
+
+def test_only_the_time_limit_reads_as_a_time_limit_at_sigterm():
+    assert attempts.at_time_limit(AT_TIME_LIMIT, restart_count=0)
+    assert attempts.at_time_limit({"JobState": "TIMEOUT", "Reason": "TimeLimit", "Restarts": "0"}, restart_count=0)
+    assert not attempts.at_time_limit(AT_SCANCEL, restart_count=0)
+    assert not attempts.at_time_limit(AT_REQUEUE_OR_PREEMPTION, restart_count=0)
+    # once requeued (by us, at the limit) it is SLURM's requeue that counts: never a second one
+    assert not attempts.at_time_limit({**AT_TIME_LIMIT, "Restarts": "1"}, restart_count=0)
+
+
+def test_a_save_on_the_sigterm_of_the_time_limit_is_requeued_by_us_slurm_never_does():
+    nodes = [node(0, None, (("TERM", LIMIT_END),)), node(1, None, (("TERM", LIMIT_END),))]
+    out = classify(evidence(nodes=nodes, batch_signal="TERM", time_limit=True,
+                            requeue_marker=marker(signal="SIGTERM", received=LIMIT_END, committed=LIMIT_END + 2)))
+    assert (out.kind, out.requeue, out.step) == ("timed_out", True, 40)
+
+
+def test_a_time_limit_before_any_signal_save_comes_back_from_the_checkpoint_the_attempt_committed():
+    nodes = [node(0, None, (("TERM", LIMIT_END),)), node(1, None, (("TERM", LIMIT_END),))]
+    out = classify(evidence(nodes=nodes, batch_signal="TERM", time_limit=True, resumed_step=20,
+                            committed={"step": 50, "path": "/out/checkpoint-50"}))
+    assert (out.kind, out.requeue, out.step, out.checkpoint) == ("timed_out", True, 50, "/out/checkpoint-50")
+
+
+def test_a_time_out_that_committed_nothing_new_is_not_requeued():
+    nodes = [node(0, None, (("TERM", LIMIT_END),)), node(1, None, (("TERM", LIMIT_END),))]
+    same = {"step": 50, "path": "/out/checkpoint-50"}
+    out = classify(evidence(nodes=nodes, batch_signal="TERM", time_limit=True, resumed_step=50, committed=same))
+    assert (out.kind, out.requeue) == ("timed_out", False) and "nothing newer" in out.detail
+    saved_nothing_new = marker(step=50, signal="SIGTERM", received=LIMIT_END, committed=LIMIT_END + 1)
+    out = classify(evidence(nodes=nodes, batch_signal="TERM", time_limit=True, resumed_step=50, committed=same,
+                            requeue_marker=saved_nothing_new))
+    assert (out.kind, out.requeue) == ("timed_out", False)
+
+
 def test_a_node_that_failed_without_a_signal_is_a_crash_and_never_requeued():
     # node 0 raised; srun --kill-on-bad-exit then sent TERM to node 1, which must not make it look preempted.
     nodes = [node(0, 1), node(1, 0, (("TERM", T0 + 60),))]
@@ -265,3 +305,37 @@ def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_pat
     assert attempts.submitted_jobs(Path(spec.job_dir))[-1] == {**attempts.submitted_jobs(Path(spec.job_dir))[-1],
                                                                "job_id": "99", "resubmit_of": "42"}
     assert attempts.lineage(Path(spec.job_dir), "99") == {"42", "99"}
+
+
+def test_node_0_brings_a_timed_out_run_back_at_sigterm_once_it_has_progress(tmp_path, monkeypatch):
+    """The time limit's SIGTERM with no save committed yet: no requeue while nothing new is committed (the save may
+    still come), then one requeue from inside the job as soon as there is something to resume from."""
+    from slurm import launch, requeue
+    from slurm.command import NodeContext
+    spec = folder_spec(tmp_path)
+    here = NodeContext("8", 2, 0, "node1", "20008")
+    assert launch.begin(spec, here) == 0
+    folder = tmp_path / "job" / "attempts" / "8.0"
+    for rank in (0, 1):
+        runfolder.write_json_atomic(folder / f"node{rank}.json", node(rank, None, (("TERM", T0 + 1e9),)))
+    asked = []
+    monkeypatch.setattr(attempts, "scontrol_job", lambda job: AT_TIME_LIMIT)
+    monkeypatch.setattr(attempts, "requeue", lambda job: asked.append(job))
+    watcher = requeue.RequeueWatcher(spec, here)
+    assert watcher.check() is False and asked == []  # nothing committed in this attempt yet
+    checkpoint = Path(spec.output_dir) / "checkpoint-30"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text("{}")
+    assert watcher.check() is True and asked == ["8"]
+    outcome = runfolder.read_json(folder / "attempt.json")["outcome"]
+    assert (outcome["kind"], outcome["requeue"], outcome["step"]) == ("timed_out", True, 30)
+    assert "requeued job 8 by node 0's launcher" in outcome["detail"]
+    monkeypatch.setattr(attempts, "scontrol_job", lambda job: AT_SCANCEL)  # the same TERM from scancel: never
+    other = NodeContext("8", 2, 0, "node1", "20008", restart_count=1)
+    assert launch.begin(spec, other) == 0
+    for rank in (0, 1):
+        runfolder.write_json_atomic(tmp_path / "job" / "attempts" / "8.1" / f"node{rank}.json",
+                                    node(rank, None, (("TERM", T0 + 2e9),)))
+    (Path(spec.output_dir) / "checkpoint-40").mkdir()
+    (Path(spec.output_dir) / "checkpoint-40" / "manifest.json").write_text("{}")
+    assert requeue.RequeueWatcher(spec, other).check() is False and asked == ["8"]

@@ -29,7 +29,7 @@ def test_two_node_job_resubmitted_on_one_node_continues_from_its_checkpoint(slur
     job_dir, output = Path(spec.job_dir), Path(spec.output_dir)
     sj.wait_for(lambda: (runfolder.latest_checkpoint(output) or {}).get("step", 0) >= 3, 300,
                 "the two-node attempt to commit a checkpoint")
-    assert sj.run(sys.executable, "slurm/submit.py", "cancel", str(job_dir), timeout=60).returncode == 0
+    assert sj.run(sys.executable, str(REPO / "slurm" / "submit.py"), "cancel", str(job_dir), timeout=60).returncode == 0
     sj.wait_finished(first, 120)
     saved = runfolder.latest_checkpoint(output)["step"]
     assert saved < STEPS

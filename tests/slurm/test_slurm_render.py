@@ -93,6 +93,24 @@ def test_each_node_runs_accelerate_inside_apptainer_with_its_machine_rank(rank):
     assert launch[launch.index("easyanimate/train_control.py") + 1:] == spec.train_args
 
 
+def test_each_training_process_gets_its_share_of_the_tasks_cores_as_omp_threads(monkeypatch):
+    """Unset, torch runs a thread per core of the machine in each of the 8 processes; the user's own value wins."""
+    from slurm import launch
+    spec = four_by_eight()  # --cpus-per-task=96, 8 processes per node
+    assert "OMP_NUM_THREADS=12" in jobs.dry_run_text(spec).splitlines()
+    node = NodeContext(job_id="4242", num_nodes=4, node_rank=1, master_addr="gpu001", master_port="24242")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")  # what srun gave this node's task
+    assert launch.node_environment(spec, node)["OMP_NUM_THREADS"] == "8"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # exported by the submitting shell (sbatch passes it on)
+    assert "OMP_NUM_THREADS" not in launch.node_environment(spec, node)
+    spec.env["OMP_NUM_THREADS"] = "4"  # --env OMP_NUM_THREADS=4
+    assert launch.node_environment(spec, node)["OMP_NUM_THREADS"] == "4"
+    unknown = four_by_eight(cpus_per_task=None)
+    unknown.cpus_per_task = None  # a dry run where sinfo did not answer: the job divides at run time
+    assert "OMP_NUM_THREADS='<$SLURM_CPUS_PER_TASK / 8>'" in jobs.dry_run_text(unknown).splitlines()
+
+
 def test_models_and_data_outside_the_repository_are_bound_read_only(tmp_path):
     spec = jobs.build_spec({"image": "/img.sif", "job_dir": str(tmp_path / "job")}, job_file=str(V51_DS),
                            extra=["--pretrained_model_name_or_path=/models/m", "--train_data_dir=/data/d",

@@ -33,6 +33,27 @@ def test_a_time_limited_job_with_a_hung_teardown_completes_over_several_attempts
     print(f"\n{len(outcomes)} attempts: {[o.get('step') for o in outcomes]}")
 
 
+@pytest.mark.timeout(300)
+def test_a_job_whose_warning_never_arrives_comes_back_from_the_time_limit_and_completes(slurm_env, tmp_path):
+    # The trainer ignores the warning (USR2): the first it hears is SLURM's SIGTERM at the 1-minute limit (60-90 s
+    # in: slurmctld checks limits every 30 s), which SLURM never requeues itself. 450 steps of 0.2 s never fit in
+    # one attempt; node 0 requeues at the SIGTERM from what the attempt committed. The second attempt then gets a
+    # longer limit: with the same 60-90 s it could time out again, and this test is about the first.
+    spec, job_id = sj.submit(sj.standin_options(tmp_path / "job", time="1", signal_lead_s=20,
+                                                env={"STANDIN_STEP_S": "0.2", "STANDIN_IGNORE_SIGNALS": "USR2"}),
+                             ["--max_train_steps=450", "--checkpointing_steps=50", "--seed=1"])
+    job_dir = Path(spec.job_dir)
+    sj.wait_for(lambda: (seen := sj.outcomes(job_dir)) and seen[0].get("kind"), 150, "the first attempt to end")
+    slurm_env.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=5")
+    assert sj.wait_finished(job_id, 150) == "COMPLETED", sj.status_text(job_dir)
+    first, last = sj.attempt_records(job_dir)
+    assert first["outcome"]["kind"] == "timed_out" and first["outcome"]["requeue"], sj.status_text(job_dir)
+    assert "by node 0's launcher" in first["outcome"]["detail"], first["outcome"]
+    assert last["outcome"]["kind"] == "completed" and last["resume_from"]["step"] >= 50
+    assert sj.runfolder.read_json(Path(spec.output_dir) / "complete.json")["step"] == 450
+    assert sj.attempts.scontrol_job(job_id)["Restarts"] == "1"
+
+
 @pytest.mark.timeout(240)
 def test_a_crash_during_the_signal_save_is_not_requeued(slurm_env, tmp_path):
     spec, job_id = sj.submit(sj.standin_options(tmp_path / "job", nodes=1, env={"STANDIN_FAIL_SIGNAL_SAVE": "1"}),

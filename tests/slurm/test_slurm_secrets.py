@@ -1,9 +1,11 @@
 """Secrets: redaction rules (unit) and, on the test cluster, a job whose --env secret, shell-taken secret and
---hub_token reach the trainer while appearing in no output, no log and no file anyone else can read."""
+--hub_token reach the trainer while appearing in no output, no log, no file anyone else can read and no command line
+of the launch chain on the nodes."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +27,8 @@ def test_secret_names_are_redacted_and_numbers_never_are():
                    "NCCL_DEBUG": "INFO", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "<redacted>"}
     assert redact.argv(["--hub_token=hf_1", "--token_sample_size=512", "--hub_token", "hf_2", "--seed", "1"]) == \
         ["--hub_token=<redacted>", "--token_sample_size=512", "--hub_token", "<redacted>", "--seed", "1"]
+    assert redact.split_argv(["--seed=1", "--hub_token", "a", "--seed", "2", "--x_token=b", "--token_sample_size=64"]) \
+        == (["--seed=1", "--seed", "2", "--token_sample_size=64"], ["--hub_token", "a", "--x_token=b"])
 
 
 def test_a_spec_shows_no_secret_and_the_node_gets_them_back(tmp_path):
@@ -36,6 +40,28 @@ def test_a_spec_shows_no_secret_and_the_node_gets_them_back(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     back = secrets.reveal(specs.from_json(specs.to_json(secrets.shown(spec))))
     assert back.env["WANDB_API_KEY"] == "w-secret" and back.train_args == spec.train_args
+
+
+@pytest.mark.parametrize("nodes, flag", [(1, ["--hub_token=h-secret"]), (2, ["--hub_token", "h-secret"])])
+def test_secret_training_flags_never_reach_a_node_command_line_yet_reach_the_trainer(tmp_path, monkeypatch, nodes,
+                                                                                    flag):
+    """Every user of a node reads every process's argv (ps, /proc/PID/cmdline), only the owner its environment:
+    the trainer run directly (1 process) and under accelerate/torchrun (2 nodes) get the flag in the environment."""
+    from easyanimate import config
+    from slurm import command
+    from slurm.command import NodeContext
+    spec = jobs.build_spec({"job_dir": str(tmp_path / "job"), "container": "none", "gpus_per_node": 0,
+                            "nodes": nodes}, extra=["--seed=3", *flag, "--token_sample_size=64"], cwd=tmp_path)
+    node = NodeContext("5", nodes, 0, "node1", "20005")
+    argv = command.node_argv(spec, node)
+    assert not any("h-secret" in arg or "hub_token" in arg for arg in argv), argv
+    env = command.training_env(spec)
+    assert json.loads(env[redact.SECRET_ARGS_ENV]) == ["--hub_token=h-secret"]  # the spec writes --flag=value
+    assert "h-secret" not in jobs.dry_run_text(spec) and f"{redact.SECRET_ARGS_ENV}='<redacted>'" in \
+        jobs.dry_run_text(spec)
+    monkeypatch.setenv(redact.SECRET_ARGS_ENV, env[redact.SECRET_ARGS_ENV])  # what the launcher hands over
+    cfg = config.parse_args(argv[argv.index(spec.entry) + 1:])
+    assert (cfg.hub_token, cfg.seed, cfg.token_sample_size) == ("h-secret", 3, 64)
 
 
 def test_the_trainers_config_dump_and_tracker_config_redact_the_hub_token(tmp_path):
@@ -55,7 +81,7 @@ def test_the_trainers_config_dump_and_tracker_config_redact_the_hub_token(tmp_pa
 def test_a_secret_appears_in_no_output_no_log_and_no_file_others_can_read(slurm_env, tmp_path):
     values = {"MY_API_KEY": "s3cr3t-env-value-1", "HF_TOKEN": "s3cr3t-shell-value-2", "hub_token": "s3cr3t-hub-value-3"}
     job_dir = tmp_path / "job"
-    own = ["slurm/submit.py", "--job", "none", "--job-dir", str(job_dir), "--name", "secrets", "--nodes", "1", "--gpus-per-node", "0",
+    own = ["slurm/submit.py", "--job", "none", "--job-dir", str(job_dir), "--name", "secrets", "--nodes", "2", "--gpus-per-node", "0",
            "--container", "none", "--mixed-precision", "no", "--entry", sj.STANDIN, "--time", "10:00",
            "--signal-lead-s", "60", "--env", f"MY_API_KEY={values['MY_API_KEY']}", "--env", "HF_TOKEN"]
     train = ["--", "--max_train_steps=3", "--checkpointing_steps=2", "--seed=1", f"--hub_token={values['hub_token']}"]
@@ -67,8 +93,12 @@ def test_a_secret_appears_in_no_output_no_log_and_no_file_others_can_read(slurm_
         outputs.append(done.stdout + done.stderr)
     job_id = outputs[1].split("submitted job ")[1].split(";")[0]
     assert sj.wait_finished(job_id, 180) == "COMPLETED", sj.status_text(job_dir)
-    seen = sj.runfolder.read_json(job_dir / "output" / "ranks" / "rank0.json")["secret_digests"]
-    assert seen == {k: hashlib.sha256(v.encode()).hexdigest() for k, v in values.items()}  # they did arrive
+    for rank in (0, 1):  # accelerate launch, torchrun's agent, a worker on each node
+        record = sj.runfolder.read_json(job_dir / "output" / "ranks" / f"rank{rank}.json")
+        assert record["secret_digests"] == {k: hashlib.sha256(v.encode()).hexdigest() for k, v in values.items()}
+        chain = record["launch_chain"]  # what `ps` shows every user of the node
+        assert chain[-1].startswith("slurmstepd") and any("accelerate.commands.launch" in c for c in chain), chain
+        assert not any(v in c for v in values.values() for c in chain) and not any("hub_token" in c for c in chain)
     outputs.append(sj.status_text(job_dir))
     for text in outputs:
         assert not any(v in text for v in values.values())
