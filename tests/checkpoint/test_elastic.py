@@ -2,10 +2,10 @@
 
 The real processes (ckpt_worker.py under accelerate launch, gloo on CPU) check the states: the resumed run saves
 what it loaded into another folder at once, and the merged views of both checkpoints (model weights, fp32 master
-weights, Adam moments and step counts, LR schedule) must be equal; two resumes of one checkpoint on the new world
-size must end bitwise equal; the original checkpoint is only read. The plan (global batch, schedule length) and
-the derived random streams are checked as functions; the data stream in sampler terms is in
-tests/data/test_sampler.py, and through the real trainer (per-sample ledger) below.
+weights, Adam moments and step counts, LR schedule) must be equal; the original checkpoint is only read. The
+real trainer resumes each case twice: the per-sample ledger follows the documented rule, and the two resumes end
+bitwise equal. The plan (global batch, schedule length) and the derived random streams are checked as
+functions; the data stream in sampler terms is in tests/data/test_sampler.py.
 """
 
 from __future__ import annotations
@@ -67,39 +67,33 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode, before, after, resumes", [("deepspeed", 2, 1, 1), ("deepspeed", 1, 3, 2),
-                                                         ("plain", 2, 1, 1)])
-def test_resume_on_another_world_size_keeps_every_state_and_is_reproducible(mode, before, after, resumes,
-                                                                           tiny_model_v51, tmp_path):
-    """(Two resumes of one checkpoint once: launches are slow on CPU; the trainer test below repeats it.)"""
+@pytest.mark.parametrize("mode, before, after", [("deepspeed", 2, 1), ("deepspeed", 1, 3), ("plain", 2, 1)])
+def test_resume_on_another_world_size_keeps_every_state(mode, before, after, tiny_model_v51, tmp_path):
+    """(One resume each: launches are slow on CPU; the trainer test below resumes every case twice.)"""
     model = ("--transformer", str(tiny_model_v51 / "transformer"))
-    first = tmp_path / "first"
+    first, out = tmp_path / "first", tmp_path / "resumed"
     code, log = run(mode, [WORKER, "--output_dir", str(first), *model, "--steps", "2"], tmp_path, processes=before)
     assert code == 0, log
     (first / "result.json").unlink()
     written = digests(first / "checkpoint-2")
-    weights = []
-    for name in ("A", "B")[:resumes]:  # resumes of the same checkpoint on the new world size
-        out = tmp_path / name
-        shutil.copytree(first, out)
-        code, log = run(mode, [WORKER, "--output_dir", str(out), *model, "--steps", "4", "--resume", "latest",
-                               "--resave_to", str(tmp_path / f"{name}-resaved")], tmp_path, processes=after)
-        assert code == 0, log
-        assert f"written by {before} processes and this run has {after}: elastic resume" in log
-        weights.append(json.loads((out / "result.json").read_text())["weights"])
-        assert digests(out / "checkpoint-2") == written and verify(out / "checkpoint-2", collective=False) == []
-        assert not list(out.glob(".tmp-*"))
-        if mode == "deepspeed":  # the converted form sits next to the original, tagged with its source
-            source = json.loads((out / "universal-checkpoint-2" / elastic.SOURCE).read_text())
-            assert source["checkpoint"] == "checkpoint-2"
+    shutil.copytree(first, out)
+    code, log = run(mode, [WORKER, "--output_dir", str(out), *model, "--steps", "4", "--resume", "latest",
+                           "--resave_to", str(tmp_path / "resaved")], tmp_path, processes=after)
+    assert code == 0, log
+    assert f"written by {before} processes and this run has {after}: elastic resume" in log
+    assert digests(out / "checkpoint-2") == written and verify(out / "checkpoint-2", collective=False) == []
+    assert not list(out.glob(".tmp-*"))
     deepspeed = mode == "deepspeed"
+    if deepspeed:  # the converted form sits next to the original, tagged with its source
+        source = json.loads((out / "universal-checkpoint-2" / elastic.SOURCE).read_text())
+        assert source["checkpoint"] == "checkpoint-2"
     saved = merged(first / "checkpoint-2", deepspeed)
-    resumed = merged(tmp_path / "A-resaved" / "checkpoint-2", deepspeed)
+    resumed = merged(tmp_path / "resaved" / "checkpoint-2", deepspeed)
     assert_same(saved, resumed)
     steps = [v for k, v in saved.items() if k.endswith("step")]
     assert steps and all(int(s) == 2 for s in steps)  # Adam's step count, not a fresh optimizer
     assert saved["scheduler"]["last_epoch"] == 2
-    assert len(set(weights[0])) == 1 and all(w == weights[0] for w in weights)
+    assert len(set(json.loads((out / "result.json").read_text())["weights"])) == 1  # the ranks agree
 
 
 def write_checkpoint(folder: Path, world: int, record: dict | None) -> Path:
