@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from easyanimate.training import elastic, rng_state
-from easyanimate.training.checkpoint import verify
+from easyanimate.training.checkpoint import Checkpointer, verify
 from launching import REPO, run
+from test_checkpointer import trainer  # noqa: F401 (a fixture)
 
 WORKER = str(REPO / "tests" / "checkpoint" / "ckpt_worker.py")
 
@@ -84,10 +85,14 @@ def test_resume_on_another_world_size_keeps_every_state(mode, before, after, tin
     assert digests(out / "checkpoint-2") == written and verify(out / "checkpoint-2", collective=False) == []
     assert not list(out.glob(".tmp-*"))
     deepspeed = mode == "deepspeed"
-    if deepspeed:  # the converted form sits next to the original, tagged with its source
-        source = json.loads((out / "universal-checkpoint-2" / elastic.SOURCE).read_text())
-        assert source["checkpoint"] == "checkpoint-2"
+    if deepspeed:  # converted next to the original, and removed once the run's checkpoint-4 committed
+        assert f"converted {out / 'checkpoint-2'} to DeepSpeed's universal form in {out / 'universal-checkpoint-2'}" \
+            in log and f"removing {out / 'universal-checkpoint-2'}: checkpoint-4 supersedes it" in log
+        assert not (out / "universal-checkpoint-2").exists()
     saved = merged(first / "checkpoint-2", deepspeed)
+    if deepspeed:  # merged() converted it here: tagged with its source
+        source = json.loads((first / "universal-checkpoint-2" / elastic.SOURCE).read_text())
+        assert source["checkpoint"] == "checkpoint-2"
     resumed = merged(tmp_path / "resaved" / "checkpoint-2", deepspeed)
     assert_same(saved, resumed)
     steps = [v for k, v in saved.items() if k.endswith("step")]
@@ -259,8 +264,15 @@ def test_trainer_resumed_on_another_world_size_trains_the_spanning_epoch_once_an
     assert lines == expected_ledger(ids, case)
 
 
-def test_a_save_removes_the_universal_forms_of_older_checkpoints(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["save", "background-save"])
+def test_a_committed_save_removes_the_universal_forms_of_older_checkpoints(background, trainer, tmp_path):
     for step in (3, 6):
         (tmp_path / f"{elastic.UNIVERSAL_PREFIX}{step}").mkdir()
-    elastic.remove_converted(tmp_path, before_step=6)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{elastic.UNIVERSAL_PREFIX}6"]
+    checkpointer = Checkpointer(tmp_path)
+    if background:
+        checkpointer.save_in_background(trainer[0], 6, {"global_step": 6})
+        assert len(list(tmp_path.glob(f"{elastic.UNIVERSAL_PREFIX}*"))) == 2  # nothing before the commit
+        checkpointer.wait()
+    else:
+        checkpointer.save(trainer[0], 6, {"global_step": 6})
+    assert [p.name for p in tmp_path.glob(f"{elastic.UNIVERSAL_PREFIX}*")] == [f"{elastic.UNIVERSAL_PREFIX}6"]
