@@ -258,9 +258,8 @@ def test_trainer_resumed_on_another_world_size_trains_the_spanning_epoch_once_an
            for epoch in (0, 1)}
     lines = ledger(outs[0])
     trained0 = [i for rank in lines.values() for line in rank if line["epoch"] == 0 for i in line["ids"]]
-    kept = ids[0][:len(ids[0]) - case.tail]
+    kept = ids[0][:len(ids[0]) - case.tail]  # an epoch's sample ids are distinct in the demo data
     assert sorted(trained0) == sorted(i for batch in kept for i in batch)  # none repeated, none skipped
-    assert len(set(trained0)) == len(trained0) == len(ids[0]) - case.tail  # (the demo's batches are distinct)
     assert lines == expected_ledger(ids, case)
 
 
