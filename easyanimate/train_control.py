@@ -22,12 +22,18 @@ from easyanimate.logs import setup_logging  # noqa: E402
 logger = logging.getLogger("easyanimate.train_control")
 
 
-def write_config_dump(cfg: config_mod.TrainConfig, model_layout: str) -> None:
-    """output_dir/config.json: every effective option, plus what was detected (the model folder's layout)."""
+def write_config_dump(cfg: config_mod.TrainConfig, model_layout: str,
+                      given: config_mod.TrainConfig | None = None) -> None:
+    """output_dir/config.json: every option as the run uses it, what was detected (the model folder's layout), and
+    under "as_given" the flags the run overrides, with their values as given (an elastic resume changes
+    --gradient_accumulation_steps to keep the checkpoint's global batch)."""
     if distributed.is_main():
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        dump = redact.mapping(config_mod.to_dict(cfg)) | {"detected": {"model_layout": model_layout}}  # --hub_token
+        used = config_mod.to_dict(cfg)
+        overridden = {name: value for name, value in config_mod.to_dict(given or cfg).items() if used[name] != value}
+        dump = redact.mapping(used) | {"detected": {"model_layout": model_layout},  # redacted: --hub_token
+                                       "as_given": redact.mapping(overridden)}
         (out / "config.json").write_text(json.dumps(dump, indent=2, sort_keys=True))
 
 
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as error:
         logger.error("%s", error)
         return 2
-    write_config_dump(cfg, run.model_layout)
+    write_config_dump(run.cfg, run.model_layout, given=cfg)
     code = train(run, preemption)
     if code == 0 and distributed.is_main():
         signals.write_complete_marker(cfg.output_dir, run.max_train_steps)

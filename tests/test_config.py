@@ -110,3 +110,18 @@ def test_fingerprint_ignores_run_control_flags_but_not_training_ones(valid_args)
     base = config.fingerprint(parse_args(valid_args))
     assert config.fingerprint(parse_args(valid_args + ["--max_train_steps=7", "--resume_from_checkpoint=latest"])) == base
     assert config.fingerprint(parse_args(valid_args + ["--learning_rate=3e-4"])) != base
+
+
+def test_config_dump_records_the_accumulation_an_elastic_resume_uses_and_the_flag_as_given(tmp_path):
+    import json
+    from easyanimate.train_control import write_config_dump
+    from easyanimate.training.elastic import ResumePlan
+    given = parse_args([f"--output_dir={tmp_path}", "--gradient_accumulation_steps=1", "--hub_token=hf_s3cr3t"])
+    used = ResumePlan(saved_world=2, world=1, batch_size=1, saved_accumulation=1, accumulation=2,
+                      max_train_steps=6).apply(given)
+    write_config_dump(used, "diffusers", given=given)
+    dump = json.loads((tmp_path / "config.json").read_text())
+    assert dump["gradient_accumulation_steps"] == 2 and dump["as_given"] == {"gradient_accumulation_steps": 1}
+    assert dump["hub_token"] == "<redacted>"
+    write_config_dump(given, "diffusers", given=given)  # nothing overridden
+    assert json.loads((tmp_path / "config.json").read_text())["as_given"] == {}

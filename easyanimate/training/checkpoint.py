@@ -289,6 +289,7 @@ class Checkpointer:
                 self._commit(deepspeed, temp, final, step, reported)
                 marks["commit"] = time.monotonic()
                 self._prune(step)
+                elastic.remove_converted(self.output_dir, before_step=step)
                 marks["prune"] = time.monotonic()
             except Exception as exc:  # re-raised below on every rank, so none waits forever for rank 0
                 error = exc

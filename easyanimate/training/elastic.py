@@ -186,8 +186,8 @@ def _to_universal(engine_dir: Path, out: Path) -> None:
 
 
 def remove_converted(output_dir: str | Path, before_step: int) -> None:
-    """Rank 0, after a save: universal forms of older checkpoints are not needed by the next resume (a resume
-    of an older checkpoint on another world size converts it again)."""
+    """Rank 0, after a commit (of a synchronous or a background save): universal forms of older checkpoints are
+    not needed by the next resume (a resume of an older checkpoint on another world size converts it again)."""
     for converted in Path(output_dir).glob(f"{UNIVERSAL_PREFIX}*"):
         step = converted.name[len(UNIVERSAL_PREFIX):]
         if step.isdigit() and int(step) < before_step:

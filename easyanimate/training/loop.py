@@ -132,8 +132,6 @@ def save(run: Run, cursor: Cursor, background: bool = False) -> Path:
         logger.info("staged %s in %.1f s; writing it in the background", path, time.monotonic() - started)
         return path
     path = run.checkpointer.save(run.accelerator, cursor.global_step, cursor.state(run))
-    if distributed.is_main():
-        elastic.remove_converted(run.cfg.output_dir, before_step=cursor.global_step)
     logger.info("saved %s in %.1f s", path, time.monotonic() - started)
     return path
 
