@@ -3,25 +3,27 @@
 All samples of a batch share (h, w) and frames by construction; only a video shorter than the batch's frame
 count (the documented fallback) shortens the batch, to the common 4k+1 length. Pixels stay uint8 through the
 worker -> main process hand-over (a quarter of the shared memory of float32), laid out channels-last as decoded
-(the (B, F, 3, H, W) tensors are permuted views), and become float32 in ``to_float_batch``, which the loader
-applies in the main process, or on the GPU.
+(the (B, F, 3, H, W) tensors are permuted views), all three in one reused shared-memory block (``handover``),
+and become float32 in ``to_float_batch``, which the loader applies in the main process, or on the GPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import default_collate
 
 from .buckets import SizeRules, tile_factor
 from .frames import trim_to_interval
+from .handover import SharedBlocks
 from .seeding import Stream, rng
 from .transforms import to_unit_range
 
-__all__ = ["Collate", "to_float_batch", "to_unit_range"]
+__all__ = ["Collate", "to_float_batch", "to_unit_range", "BLOCK_KEY"]
 
 FIRST_FRAME_PROBABILITY = 0.4
+BLOCK_KEY = "shared_block"  # which reusable block holds the pixels; the loader takes it out of the batch
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Collate:
     rules: SizeRules
     seed: int
     control_ref_image: str = "first_frame"
+    blocks: SharedBlocks | None = None
 
     def reference_index(self, epoch: int, batch: int, slot: int, frames: int) -> int:
         """Frame 0, or for ``random``: frame 0 with p = 0.4, else a uniform later frame (as the original)."""
@@ -43,10 +46,14 @@ class Collate:
                 for s in samples]
         height, width = samples[0]["pixels"].shape[-2:]
         tiles = tile_factor(self.rules, frames, height, width)
+        (pixels, control, ref), block = _stack(self.blocks, [s["pixels"][:frames] for s in samples] * tiles,
+                                               [s["control"][:frames] for s in samples] * tiles,
+                                               [s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles)
         return {
-            "pixel_values": _stack([s["pixels"][:frames] for s in samples] * tiles),
-            "control_pixel_values": _stack([s["control"][:frames] for s in samples] * tiles),
-            "ref_pixel_values": _stack([s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles),
+            "pixel_values": pixels,
+            "control_pixel_values": control,
+            "ref_pixel_values": ref,
+            BLOCK_KEY: block,
             "text": [s["text"] for s in samples] * tiles,
             "data_type": samples[0]["request"].data_type,
             "sample_ids": torch.tensor([s["index"] for s in samples], dtype=torch.long),
@@ -54,14 +61,23 @@ class Collate:
         }
 
 
-def _stack(clips: list[torch.Tensor]) -> torch.Tensor:
-    """(F, 3, H, W) clips -> (B, F, 3, H, W), laid out channels-last in memory like the decoded frames.
+def _stack(blocks: SharedBlocks | None, *groups: list[torch.Tensor]) -> tuple[list[torch.Tensor], object]:
+    """Each group of (F, 3, H, W) clips -> one (B, F, 3, H, W) tensor, all in one block; and the block's key.
 
-    default_collate stacks straight into shared memory inside a worker: one copy, none more at hand-over. The clips
-    are views of (F, H, W, 3) frames, so a channels-first stack would be a transposing copy (about 5x slower than a
-    plain one); stacking them as (F, H, W, 3) and returning a permuted view keeps it a plain copy.
+    The clips are views of (F, H, W, 3) frames, so a channels-first stack would be a transposing copy (about 5x
+    slower than a plain one); stacking them as (F, H, W, 3) and returning a permuted view keeps it a plain copy,
+    the only one between the decoder's output and the training process.
     """
-    return default_collate([clip.permute(0, 2, 3, 1) for clip in clips]).permute(0, 1, 4, 2, 3)
+    shapes = [(len(group), *group[0].permute(0, 2, 3, 1).shape) for group in groups]
+    sizes = [math.prod(shape) for shape in shapes]
+    storage, key = blocks.take(sum(sizes)) if blocks else (torch.UntypedStorage(sum(sizes)), None)
+    stacked, offset = [], 0
+    for group, shape, size in zip(groups, shapes, sizes):
+        out = torch.empty(0, dtype=torch.uint8).set_(storage, offset, shape)
+        torch.stack([clip.permute(0, 2, 3, 1) for clip in group], out=out)
+        stacked.append(out.permute(0, 1, 4, 2, 3))
+        offset += size
+    return stacked, key
 
 
 PIXEL_KEYS = ("pixel_values", "control_pixel_values", "ref_pixel_values")

@@ -18,8 +18,9 @@ import torch
 from easyanimate.runfolder import ignore_preemption_signals
 
 from .buckets import SizeRules, closest_bucket
-from .collate import Collate, to_float_batch
+from .collate import BLOCK_KEY, Collate, to_float_batch
 from .dataset import ControlVideoDataset, LoadOptions, TooManyBadSamples
+from .handover import SharedBlocks
 from .metadata import Sample, load_metadata
 from .sampler import BucketBatchSampler, Item
 from .video import MediaError, MediaInfo, probe_many, start_decode_watchdog
@@ -40,13 +41,14 @@ class TrainLoader(torch.utils.data.DataLoader):
     sharded and drop the bad-sample accounting.
     """
 
-    def __init__(self, *args, max_bad: float, float_pixels: bool = True, **kwargs):
+    def __init__(self, *args, max_bad: float, blocks: SharedBlocks, float_pixels: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_bad, self.float_pixels = max_bad, float_pixels
+        self.max_bad, self.blocks, self.float_pixels = max_bad, blocks, float_pixels
         self.bad_sample_ids: set[int] = set()
 
     def __iter__(self) -> Iterator[dict]:
         for batch in super().__iter__():
+            self.blocks.received(batch.pop(BLOCK_KEY), batch["pixel_values"].untyped_storage())
             self.bad_sample_ids.update(batch["bad_sample_ids"].tolist())
             if len(self.bad_sample_ids) > self.max_bad:
                 samples = [self.dataset.samples[i] for i in sorted(self.bad_sample_ids)[:10]]
@@ -117,11 +119,12 @@ def build_train_dataloader(cfg, *, rank: int, world_size: int, frame_interval: i
                                   native_sizes={s.index: (size.height, size.width) for s, size in zip(samples, sizes)
                                                 if isinstance(size, MediaInfo)})
     workers = cfg.dataloader_num_workers
-    loader = TrainLoader(dataset, batch_sampler=sampler, collate_fn=Collate(rules, seed, cfg.control_ref_image),
+    blocks = SharedBlocks(workers)
+    loader = TrainLoader(dataset, batch_sampler=sampler, collate_fn=Collate(rules, seed, cfg.control_ref_image, blocks),
                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
                          worker_init_fn=_single_threaded_worker if workers else None,
                          max_bad=cfg.max_bad_sample_fraction * len(sampler) * cfg.train_batch_size,
-                         float_pixels=float_pixels)
+                         blocks=blocks, float_pixels=float_pixels)
     return TrainData(loader, sampler, dataset, samples)
 
 
