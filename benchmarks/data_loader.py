@@ -9,10 +9,12 @@ for each case measures:
   with 1 worker and with N workers;
 and reports samples/s, frames/s (video + control frames decoded), the loader/raw throughput ratio, the CPU-time
 ratio (raw CPU per sample / loader CPU per sample over the main process and its workers: a measure that a busy
-machine disturbs less) and the peak RSS of each worker process. The first batch of every run (worker start-up)
-is not timed.
+machine disturbs less) and the peak RSS of each worker process. Raw and loader are timed in pairs, one right
+after the other on the same epoch's frames, ``--rounds`` times; each ratio is the median over the pairs, so a
+machine whose load changes during the run moves both sides of a pair alike. The first batch of every pass
+(worker start-up, the prefetch filling) is not timed.
 
-    python benchmarks/data_loader.py                 # about 1-2 minutes on 2 cores
+    python benchmarks/data_loader.py --uint8_pixels  # about 3 minutes on 2 cores
     python benchmarks/data_loader.py --workers 8 --samples 64 --json out.json
 """
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -85,9 +88,10 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def time_raw(train, samples: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per sample for decord alone (full-size decode), reading the frames the loader reads."""
-    dataset, requests = train.dataset, [b[0] for b in train.sampler][:samples]
+def time_raw(train) -> tuple[float, float]:
+    """(wall, CPU) seconds per sample for decord alone (full-size decode), reading the frames the loader reads
+    in the sampler's current epoch."""
+    dataset, requests = train.dataset, [b[0] for b in train.sampler]
 
     def decode(request):
         sample = dataset.samples[request.index]
@@ -108,7 +112,8 @@ def time_raw(train, samples: int) -> tuple[float, float]:
 
 
 def time_loader(train) -> tuple[float, float, list[float], tuple]:
-    """(wall, CPU of main + workers) seconds per sample of the full DataLoader, its workers' peak RSS, the shape."""
+    """(wall, CPU of main + workers) seconds per sample of the full DataLoader over the sampler's current epoch,
+    its workers' peak RSS, the batch shape."""
     iterator = iter(train.loader)
     first = next(iterator)
     pids = [os.getpid()] + [w.pid for w in train.loader._iterator._workers]  # private; only to read the pids
@@ -120,27 +125,38 @@ def time_loader(train) -> tuple[float, float, list[float], tuple]:
     return wall / max(count, 1), cpu / max(count, 1), rss, tuple(first["pixel_values"].shape)
 
 
+def time_pairs(train, rounds: int) -> dict:
+    """Raw then loader on the same epoch, ``rounds`` times (epochs 0, 1, ...): medians of the pairs."""
+    pairs = []
+    for epoch in range(rounds):
+        train.sampler.set_epoch(epoch)
+        raw, raw_cpu = time_raw(train)
+        per_sample, cpu, rss, shape = time_loader(train)
+        pairs.append((raw, raw_cpu, per_sample, cpu))
+    raw, raw_cpu, per_sample, cpu = (statistics.median(column) for column in zip(*pairs))
+    decoded = 2 * shape[1]  # video + control frames per sample
+    return {"target": f"{shape[-1]}x{shape[-2]}x{shape[1]}", "raw_samples_s": 1 / raw,
+            "loader_samples_s": 1 / per_sample, "loader_frames_s": decoded / per_sample,
+            "ratio": statistics.median(r / p for r, _, p, _ in pairs),
+            "cpu_ratio": statistics.median(rc / c for _, rc, _, c in pairs),
+            "peak_rss_mib_per_worker": [round(r) for r in rss]}
+
+
 def run(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind, width, height, size in CASES:
             size = size or args.size
-            repeat = -(-args.samples // args.clips)
+            samples = args.image_samples if kind == "image" else args.samples
+            repeat = -(-samples // args.clips)
             # Images appear once per epoch: list them `repeat` times instead of repeating videos.
             copies = repeat if kind == "image" else 1
             meta = make_media(Path(tmp), kind, width, height, args.clips, args.length, copies)
-            raw, raw_cpu = time_raw(build_train_dataloader(config(meta, args, 0, repeat, size), rank=0,
-                                                           world_size=1), args.samples)
             for workers in sorted({1, args.workers}):
                 train = build_train_dataloader(config(meta, args, workers, repeat, size), rank=0, world_size=1,
                                                float_pixels=not args.uint8_pixels)
-                per_sample, cpu, rss, shape = time_loader(train)
-                decoded = 2 * shape[1]  # video + control frames per sample
-                rows.append({"source": f"{kind} {width}x{height}", "bucket": size,
-                             "target": f"{shape[-1]}x{shape[-2]}x{shape[1]}", "workers": workers,
-                             "raw_samples_s": 1 / raw, "loader_samples_s": 1 / per_sample,
-                             "loader_frames_s": decoded / per_sample, "ratio": raw / per_sample,
-                             "cpu_ratio": raw_cpu / cpu, "peak_rss_mib_per_worker": [round(r) for r in rss]})
+                rows.append({"source": f"{kind} {width}x{height}", "bucket": size, "workers": workers,
+                             **time_pairs(train, args.rounds)})
                 del train
     return rows
 
@@ -148,7 +164,10 @@ def run(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="N for the N-worker run.")
-    parser.add_argument("--samples", type=int, default=16, help="Samples timed per run.")
+    parser.add_argument("--samples", type=int, default=16, help="Video samples per epoch (one timed pass).")
+    parser.add_argument("--image_samples", type=int, default=128,
+                        help="Image samples per epoch (an image decodes ~20x faster than a 25-frame clip).")
+    parser.add_argument("--rounds", type=int, default=3, help="Raw/loader pairs per case; ratios are medians.")
     parser.add_argument("--clips", type=int, default=4, help="Distinct clips per resolution.")
     parser.add_argument("--length", type=int, default=49, help="Frames per generated clip.")
     parser.add_argument("--frames", type=int, default=25, help="--video_sample_n_frames.")
