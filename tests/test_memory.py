@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
 
 from easyanimate import activations, memory, sizing
 from easyanimate.config import parse_args

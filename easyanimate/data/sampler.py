@@ -21,7 +21,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 
 from .buckets import BatchShape, SizeRules, plan_batch
 from .seeding import Stream, rng

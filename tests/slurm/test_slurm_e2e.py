@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 import slurm_jobs as sj
 from slurm_jobs import REPO
 
-from easyanimate import runfolder
 
 pytestmark = [pytest.mark.integration]
 DEMO_JOB = str(REPO / "configs" / "jobs" / "demo.yaml")
