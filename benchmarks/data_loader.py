@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from easyanimate.config import parse_args  # noqa: E402
 from easyanimate.data import build_train_dataloader  # noqa: E402
+from easyanimate.data.allocator import keep_freed_memory  # noqa: E402
 from easyanimate.data.demo import _render_frame, _scene, _write_image, _write_video  # noqa: E402
 from easyanimate.data.video import VideoClip, read_image  # noqa: E402
 
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Leave pixels uint8 (float_pixels=False): the conversion then belongs to the GPU.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
     args = parser.parse_args(argv)
+    # Raw decoding runs here with the allocator the loader's workers use, so the ratio compares the same decode.
+    keep_freed_memory()
     rows = run(args)
     print(f"{'source':<16} {'bucket':>6} {'batch WxHxF':<13} {'workers':>7} {'raw smp/s':>10} {'loader smp/s':>13} "
           f"{'frames/s':>9} {'loader/raw':>10} {'CPU raw/loader':>15}  peak RSS/worker MiB")

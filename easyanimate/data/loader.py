@@ -17,6 +17,7 @@ import torch
 
 from easyanimate.runfolder import ignore_preemption_signals
 
+from .allocator import keep_freed_memory
 from .buckets import SizeRules, closest_bucket
 from .collate import BLOCK_KEY, Collate, to_float_batch
 from .dataset import ControlVideoDataset, LoadOptions, TooManyBadSamples
@@ -134,3 +135,4 @@ def _single_threaded_worker(_worker_id: int) -> None:
     # SLURM signals every process of the step, workers included: the training process handles preemption.
     ignore_preemption_signals()
     start_decode_watchdog(DECODE_TIMEOUT_S)
+    keep_freed_memory()

@@ -225,25 +225,26 @@ class DecodeWatchdog:
 
     def __init__(self, timeout_s: float, on_hang: Callable[[str, float], None] = _end_worker):
         self.timeout_s, self.on_hang = timeout_s, on_hang
-        self._current: tuple[str, float] | None = None
+        self._current: dict[int, tuple[str, float]] = {}  # by thread: video and control decode side by side
         self._thread = threading.Thread(target=self._run, name="decode-watchdog", daemon=True)
         self._thread.start()
 
     @contextlib.contextmanager
     def watch(self, path: str):
-        self._current = (path, time.monotonic())
+        thread = threading.get_ident()
+        self._current[thread] = (path, time.monotonic())
         try:
             yield
         finally:
-            self._current = None
+            self._current.pop(thread, None)
 
     def _run(self) -> None:
         while True:
             time.sleep(min(1.0, self.timeout_s / 4))
-            current = self._current
-            if current is not None and time.monotonic() - current[1] > self.timeout_s:
-                self.on_hang(current[0], time.monotonic() - current[1])
-                return
+            for path, started in list(self._current.values()):
+                if time.monotonic() - started > self.timeout_s:
+                    self.on_hang(path, time.monotonic() - started)
+                    return
 
 
 _watchdog: DecodeWatchdog | None = None
