@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,8 +47,26 @@ def launch_flags(mode: str, workdir: Path, processes: int = 2, ds_config: Path |
     return ["--multi_gpu", *flags] if processes > 1 else flags  # accelerate refuses --multi_gpu for one
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 class Launched:
-    """A launched process tree (its own session, so a test can signal all of it as slurmstepd does)."""
+    """A launched process tree. Its own session, so a test can signal all of it as slurmstepd does; torchrun
+    starts each worker in a session of its own, so a kill reaches them by the tree, not by the group."""
 
     def __init__(self, process: subprocess.Popen, log: Path):
         self.process, self.log = process, log
@@ -56,11 +76,21 @@ class Launched:
             return self.process.wait(timeout=timeout)
         finally:
             if self.process.poll() is None:
-                os.killpg(self.process.pid, 9)
+                self.kill_all()
                 self.process.wait()
 
     def signal_all(self, signum: int) -> None:
+        """``signum`` to the launcher's process group (torchrun passes it on to its workers)."""
         os.killpg(self.process.pid, signum)
+
+    def kill_all(self) -> None:
+        """SIGKILL to the launcher's group and to every process below it, a worker in its own session too."""
+        below = descendants(self.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def text(self) -> str:
         return self.log.read_text()
