@@ -161,7 +161,8 @@ def probe_many(items: Iterable[tuple[str, str]], workers: int = 8) -> list[Media
 
 class VideoClip:
     """An open video: its length, and frames fetched in one batched decode, at ``size`` (h, w) if given (ffmpeg
-    scales inside the decoder, which is cheaper than decoding full frames and resizing them afterwards)."""
+    scales inside the decoder: cheaper than a full decode and a resize only for large reductions, see
+    ``transforms.SCALE_IN_DECODER_BELOW``)."""
 
     def __init__(self, path: str, num_threads: int = DECODE_THREADS, size: tuple[int, int] | None = None):
         self.path = path
