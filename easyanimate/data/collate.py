@@ -56,8 +56,8 @@ class Collate:
             BLOCK_KEY: block,
             "text": [s["text"] for s in samples] * tiles,
             "data_type": samples[0]["request"].data_type,
-            "sample_ids": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-            "bad_sample_ids": torch.tensor(sorted({i for s in samples for i in s["bad"]}), dtype=torch.long),
+            "sample_ids": [s["index"] for s in samples],
+            "bad_sample_ids": sorted({i for s in samples for i in s["bad"]}),
         }
 
 

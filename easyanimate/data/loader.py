@@ -50,6 +50,10 @@ class TrainLoader(torch.utils.data.DataLoader):
     def __iter__(self) -> Iterator[dict]:
         for batch in super().__iter__():
             self.blocks.received(batch.pop(BLOCK_KEY), batch["pixel_values"].untyped_storage())
+            # Sent as lists: a tensor would cost a shared-memory segment of its own per batch (about 1 ms of CPU
+            # on each side for 8 bytes; 0.68-0.81 -> 0.86-0.95 of raw decoding for 1024x1024 images, 1 worker).
+            batch["sample_ids"] = torch.tensor(batch["sample_ids"], dtype=torch.long)
+            batch["bad_sample_ids"] = torch.tensor(batch["bad_sample_ids"], dtype=torch.long)
             self.bad_sample_ids.update(batch["bad_sample_ids"].tolist())
             if len(self.bad_sample_ids) > self.max_bad:
                 samples = [self.dataset.samples[i] for i in sorted(self.bad_sample_ids)[:10]]
