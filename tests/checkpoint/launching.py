@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from slurm.launch import process_tree
+
 REPO = Path(__file__).resolve().parents[2]
 ZERO2_CPU = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
              "bf16": {"enabled": False}, "zero_optimization": {"stage": 2}}
@@ -47,21 +49,12 @@ def launch_flags(mode: str, workdir: Path, processes: int = 2, ds_config: Path |
     return ["--multi_gpu", *flags] if processes > 1 else flags  # accelerate refuses --multi_gpu for one
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
+def alive(pid: int) -> bool:
+    """Running, or stopped: neither gone nor a zombie (PID 1 here reaps zombies slowly; a zombie is dead enough)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Launched:
@@ -85,7 +78,7 @@ class Launched:
 
     def kill_all(self) -> None:
         """SIGKILL to the launcher's group and to every process below it, a worker in its own session too."""
-        below = descendants(self.process.pid)
+        below = process_tree(self.process.pid)[1:]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         for pid in below:

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint.launching import descendants, start
+from checkpoint.launching import alive, start
+from slurm.launch import process_tree
 
 STALLED_PEER = str(Path(__file__).with_name("stalled_peer.py"))
 TIMEOUT_MIN = 0.05  # 3 s: fractional minutes keep the test short
-
-
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.integration
@@ -34,14 +28,14 @@ def test_a_rank_waiting_on_a_stalled_peer_fails_within_the_collective_timeout(tm
         while not result_file.exists() and launched.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
-        survivors = descendants(launched.process.pid)
+        survivors = process_tree(launched.process.pid)[1:]
         launched.kill_all()
         launched.wait(timeout=30)
     assert launched.process.poll() is not None
     deadline = time.monotonic() + 10
-    while (alive := [pid for pid in survivors if running(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in survivors if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive, "a rank outlived the test's kill (torchrun starts each in a session of its own)"
+    assert not left, "a rank outlived the test's kill (torchrun starts each in a session of its own)"
     assert result_file.exists(), launched.text()[-3000:]
     result = json.loads(result_file.read_text())
     assert result["error"] is not None and "timed out" in result["error"].lower(), result
