@@ -98,8 +98,8 @@ class ControlVideoDataset(torch.utils.data.Dataset):
     def _load(self, sample: Sample, request: SampleRequest, attempt: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = request.shape
         if sample.data_type == "image":
-            control = _beside(lambda: _fit(read_image(sample.control_file_path), shape))
-            return _together(lambda: _fit(read_image(sample.file_path), shape), control)
+            control = _beside(lambda: resize_clip(read_image(sample.control_file_path), shape.height, shape.width))
+            return _together(lambda: resize_clip(read_image(sample.file_path), shape.height, shape.width), control)
         return self._load_video_pair(sample, request, attempt)
 
     def _load_video_pair(self, sample: Sample, request: SampleRequest, attempt: int) -> tuple[torch.Tensor, ...]:
@@ -114,17 +114,10 @@ class ControlVideoDataset(torch.utils.data.Dataset):
 
             def control_chain() -> torch.Tensor:
                 with VideoClip(sample.control_file_path, threads, size) as control:
-                    return _fit(control.get(indices), shape)
+                    return resize_clip(control.get(indices), shape.height, shape.width)
 
-            return _together(lambda: _fit(video.get(indices), shape),
+            return _together(lambda: resize_clip(video.get(indices), shape.height, shape.width),
                              _beside(control_chain))
-
-
-def _fit(frames, shape) -> torch.Tensor:
-    """Resized and cropped to the batch shape: a strided (F, 3, H, W) view, copied once, by the batch collate,
-    into the block that goes to the training process (a contiguous copy here first measured slower: one more
-    fresh 20 MB buffer per clip)."""
-    return resize_clip(frames, shape.height, shape.width)
 
 
 _side: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a pool does not survive a fork
