@@ -242,6 +242,11 @@ def cancels_preempted(partition: Optional[str]) -> bool:
     return partition_info(partition).get("PreemptMode", "").upper().startswith("CANCEL")
 
 
+def requeues_preempted(partition: Optional[str]) -> bool:
+    """SLURM puts preempted jobs of the partition back in the queue itself (PreemptMode=REQUEUE)."""
+    return partition_info(partition).get("PreemptMode", "").upper().startswith("REQUEUE")
+
+
 def take_requeue(attempt: Path) -> bool:
     """Exactly one process (node 0's launcher or the batch shell) brings an attempt back: the first to create
     the attempt's ``requeue.lock``."""

@@ -275,7 +275,36 @@ def run_node(spec: JobSpec, node: NodeContext, *, forward_signals: bool = False)
     except OSError as error:
         return _config_error(record, record_path, node, f"cannot start {argv[0]}: {error}")
     signals.forward_to = child if forward_signals else None
-    return _finish(record, record_path, node, child.wait())
+    return _finish(record, record_path, node, wait_training(child, Path(spec.output_dir), record["started"],
+                                                            spec.teardown_grace_s))
+
+
+def wait_training(child: subprocess.Popen, output: Path, started: float, grace_s: float, *,
+                  every: float = 1.0) -> int:
+    """The training processes' exit code. Once this attempt's ``complete.json`` is committed, they have ``grace_s``
+    to exit; a teardown that hangs longer (an NCCL or gloo shutdown, torchrun's exit barrier waiting for a peer)
+    is ended here and the node reports success: the run is finished and its checkpoint committed, and a hung exit
+    must not run into the time limit (a TIMEOUT, never requeued) or fail the job."""
+    finished_at = None
+    while True:
+        try:
+            return child.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            pass
+        if finished_at is None:
+            if runfolder.read_marker(output, runfolder.COMPLETE_MARKER, started) is not None:
+                finished_at = time.monotonic()
+            continue
+        if time.monotonic() - finished_at < grace_s:
+            continue
+        tree = process_tree(child.pid)
+        logger.warning("training completed (%s) but its processes had not exited %.0f s later (a hung teardown): "
+                       "ending them (%d processes)", output / runfolder.COMPLETE_MARKER, grace_s, len(tree))
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        child.wait()
+        return 0
 
 
 def _finish(record: dict, path: Path, node: NodeContext, exit_code: int) -> int:

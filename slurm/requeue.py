@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 from easyanimate import runfolder
 from slurm import attempts, command
@@ -56,9 +57,11 @@ def gather(spec: JobSpec, folder: Path, num_nodes: int, srun_status: int, batch_
         is not None)
 
 
-def bring_back(spec: JobSpec, node: NodeContext, kind: str, job_info: dict[str, str], requeue) -> str:
-    """Requeue the job; where the partition cancels preempted jobs, or SLURM refuses the requeue, submit a new job
-    on the same job folder instead (same spec, same budgets). Returns what was done."""
+def bring_back(spec: JobSpec, node: NodeContext, kind: str, job_info: dict[str, str], requeue, *,
+               slurm_view=attempts.scontrol_job, settle_s: float = 30.0) -> str:
+    """Requeue the job; where the partition cancels preempted jobs, or SLURM refuses the requeue and is not
+    bringing the job back itself, submit a new job on the same job folder instead (same spec, same budgets).
+    Returns what was done."""
     partition = job_info.get("Partition") or spec.partition
     if kind == attempts.PREEMPTED and attempts.cancels_preempted(partition):
         why = f"partition {partition} cancels preempted jobs (PreemptMode=CANCEL)"
@@ -66,9 +69,29 @@ def bring_back(spec: JobSpec, node: NodeContext, kind: str, job_info: dict[str, 
         error = requeue(node.job_id)
         if error is None:
             return f"requeued job {node.job_id}"
-        why = f"scontrol requeue {node.job_id} failed: {error}"
+        why = f"scontrol requeue {node.job_id} failed: {error or '(no message)'}"
+        itself = _slurm_brings_it_back(node, kind, partition, slurm_view, settle_s)
+        if itself:  # a second job on the same folder would run beside the requeued one
+            return f"{itself} ({why}); no resubmission"
     new_id = attempts.resubmit(Path(spec.job_dir), node.job_id, cwd=spec.root)
     return f"resubmitted as job {new_id} ({why})"
+
+
+def _slurm_brings_it_back(node: NodeContext, kind: str, partition, slurm_view, settle_s: float) -> Optional[str]:
+    """Why SLURM is already putting the job back in the queue, or None. A refused ``scontrol requeue`` often means
+    exactly that: a preemption in a PreemptMode=REQUEUE partition (measured on the test cluster: the requeue was
+    refused during the preemption and a resubmission ran beside the requeued job), or a concurrent requeue."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        info = slurm_view(node.job_id)
+        if info and attempts.slurm_requeued(info, node.restart_count):
+            return f"SLURM requeued job {node.job_id} itself"
+        if (kind == attempts.PREEMPTED and attempts.slurm_time(info.get("PreemptTime")) is not None
+                and attempts.requeues_preempted(info.get("Partition") or partition)):
+            return f"SLURM requeues preempted job {node.job_id} itself (PreemptMode=REQUEUE)"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(1.0)
 
 
 def close(spec: JobSpec, node: NodeContext, outcome: attempts.Outcome, job_info: dict[str, str], *, requeue,

@@ -109,6 +109,10 @@ class JobSpec:
     max_preemptions: int = opt(20, "Requeues allowed after preemptions (real ones or scancel --signal).")
     max_timeouts: int = opt(10, "Requeues allowed after reaching the time limit.")
     max_node_failures: int = opt(2, "Requeues allowed after a node died or vanished mid-attempt.")
+    teardown_grace_s: int = opt(120, "Seconds the training processes get to exit once the run's complete.json "
+                                "is committed; then each node's launcher ends them, so that a shutdown that hangs "
+                                "(NCCL/gloo teardown, torchrun's exit barrier) cannot turn a finished run into a "
+                                "TIMEOUT.")
     collective_timeout_min: int = opt(30, "Collective timeout (DeepSpeed / torch.distributed): a dead peer "
                                       "fails the job after this instead of hanging it.")
     # --- resolved by the suite at submit time ---

@@ -6,10 +6,9 @@ checkpoint-STEP folders committed by rank 0 after every rank wrote its part, the
 -> save at the next step boundary -> requeue.json -> exit 75) and complete.json at the last step.
 STANDIN_STEP_S sets the step time; STANDIN_SAVE_S makes every save take that long (a big model's save);
 STANDIN_CRASH_AT_STEP makes rank 0 raise at that step; STANDIN_FAIL_SIGNAL_SAVE makes rank 0's signal-triggered save
-fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it (a stuck teardown);
-STANDIN_IGNORE_SIGNALS=USR2 makes every rank ignore that signal (a warning that never reaches the trainer).
-Each rank writes
-where it ran, the argv it got and the command lines of its launch chain (as ``ps`` shows them to every user of the
+fail (disk full); STANDIN_HANG_AFTER_SAVE_S makes rank 0 hang that long after committing it, and after completing
+(a stuck teardown); STANDIN_IGNORE_SIGNALS=USR2 makes every rank ignore that signal (a warning that never reaches
+the trainer). Each rank writes where it ran, the argv it got and the command lines of its launch chain (as ``ps`` shows them to every user of the
 node) to output_dir/ranks/rankR.json.
 """
 
@@ -123,6 +122,7 @@ def main(argv: list[str]) -> int:
     if distributed.is_main():
         (output / "final_weights.json").write_text(json.dumps({"step": step, "weights": weights}))
         signals.write_complete_marker(output, step)
+        time.sleep(float(os.environ.get("STANDIN_HANG_AFTER_SAVE_S", "0")))  # and after the last one
     return 0
 
 

@@ -298,13 +298,36 @@ def test_a_refused_requeue_becomes_a_resubmission_of_the_same_job_folder(tmp_pat
     spec = folder_spec(tmp_path)
     attempts.record_job(Path(spec.job_dir), "42", local=False)
     how = requeue.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042"), "timed_out", {},
-                            requeue=lambda job: "Requested operation is presently disabled")
+                            requeue=lambda job: "Requested operation is presently disabled",
+                            slurm_view=lambda job: {"JobState": "RUNNING", "Restarts": "0"}, settle_s=0.5)
     assert how.startswith("resubmitted as job 99 (scontrol requeue 42 failed: Requested operation")
     assert (tmp_path / "sbatch_args").read_text().split() == ["--parsable", f"{spec.job_dir}/submission.sbatch"]
     assert "SLURM_JOB_ID=" not in (tmp_path / "sbatch_env").read_text()  # not taken for the new job's options
     assert attempts.submitted_jobs(Path(spec.job_dir))[-1] == {**attempts.submitted_jobs(Path(spec.job_dir))[-1],
                                                                "job_id": "99", "resubmit_of": "42"}
     assert attempts.lineage(Path(spec.job_dir), "99") == {"42", "99"}
+
+
+def test_a_refused_requeue_while_slurm_requeues_the_job_itself_submits_nothing(tmp_path, monkeypatch):
+    """Seen in CI: a preemption's requeue was refused while SLURM requeued the job itself, and the resubmission ran
+    beside the requeued job. SLURM's own view (Restarts raised after the refusal) now decides."""
+    import os
+
+    from slurm import requeue
+    from slurm.command import NodeContext
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch_called\necho 99\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = folder_spec(tmp_path)
+    attempts.record_job(Path(spec.job_dir), "42", local=False)
+    views = iter([{"JobState": "COMPLETING", "Restarts": "2"}, {"JobState": "PENDING", "Restarts": "3"}])
+    how = requeue.bring_back(spec, NodeContext("42", 2, 0, "node1", "20042", restart_count=2), "preempted", {},
+                             requeue=lambda job: "", slurm_view=lambda job: next(views), settle_s=5)
+    assert how == "SLURM requeued job 42 itself (scontrol requeue 42 failed: (no message)); no resubmission"
+    assert not (tmp_path / "sbatch_called").exists()
+    assert [j["job_id"] for j in attempts.submitted_jobs(Path(spec.job_dir))] == ["42"]
 
 
 def test_node_0_brings_a_timed_out_run_back_at_sigterm_once_it_has_progress(tmp_path, monkeypatch):
@@ -339,3 +362,32 @@ def test_node_0_brings_a_timed_out_run_back_at_sigterm_once_it_has_progress(tmp_
     (Path(spec.output_dir) / "checkpoint-40").mkdir()
     (Path(spec.output_dir) / "checkpoint-40" / "manifest.json").write_text("{}")
     assert requeue.RequeueWatcher(spec, other).check() is False and asked == ["8"]
+
+
+def test_a_teardown_that_hangs_after_completion_is_ended_after_the_grace(tmp_path):
+    """The training tree (a parent and a child in a session of its own, as torchrun's workers) keeps running after
+    complete.json: the launcher ends all of it ``grace_s`` later and reports success. Without the marker, or when
+    the training exits by itself, its own exit code stands and nothing is killed."""
+    import subprocess
+    import sys
+    import time
+
+    from slurm import launch
+    tree = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+            "start_new_session=True); time.sleep(300)")
+    child = subprocess.Popen([sys.executable, "-c", tree])
+    time.sleep(1.0)
+    members = launch.process_tree(child.pid)
+    assert len(members) == 2
+    started = time.time()
+    runfolder.write_marker(tmp_path, runfolder.COMPLETE_MARKER, {"step": 3, "checkpoint": None})
+    assert launch.wait_training(child, tmp_path, started - 5, grace_s=1.0, every=0.2) == 0
+    assert time.time() - started < 10
+    time.sleep(0.2)
+    assert not [pid for pid in members if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+
+    crashing = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1.5); sys.exit(3)"])
+    assert launch.wait_training(crashing, tmp_path / "none", time.time(), grace_s=0.1, every=0.2) == 3
+    old_marker = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1.5); sys.exit(4)"])
+    assert launch.wait_training(old_marker, tmp_path, time.time() + 60, grace_s=0.1, every=0.2) == 4
