@@ -3,7 +3,8 @@
 All samples of a batch share (h, w) and frames by construction; only a video shorter than the batch's frame
 count (the documented fallback) shortens the batch, to the common 4k+1 length. Pixels stay uint8 through the
 worker -> main process hand-over (a quarter of the shared memory of float32), laid out channels-last as decoded
-(the (B, F, 3, H, W) tensors are permuted views), all three in one reused shared-memory block (``handover``),
+(the (B, F, 3, H, W) tensors are permuted views), in one reused shared-memory block (``handover``; a frame-0
+reference is a view of the pixels, a later one its own copy),
 and become float32 in ``to_float_batch``, which the loader applies in the main process, or on the GPU.
 """
 
@@ -46,9 +47,13 @@ class Collate:
                 for s in samples]
         height, width = samples[0]["pixels"].shape[-2:]
         tiles = tile_factor(self.rules, frames, height, width)
-        (pixels, control, ref), block = _stack(self.blocks, [s["pixels"][:frames] for s in samples] * tiles,
-                                               [s["control"][:frames] for s in samples] * tiles,
-                                               [s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles)
+        groups = [[s["pixels"][:frames] for s in samples] * tiles, [s["control"][:frames] for s in samples] * tiles]
+        if any(refs):
+            groups.append([s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles)
+        stacked, block = _stack(self.blocks, *groups)
+        pixels, control = stacked[:2]
+        # Every reference is frame 0 (first_frame, and every image): a view of the pixels, not a copy of them.
+        ref = stacked[2] if any(refs) else pixels[:, :1]
         return {
             "pixel_values": pixels,
             "control_pixel_values": control,
