@@ -237,14 +237,15 @@ def partition_info(partition: Optional[str]) -> dict[str, str]:
     return _scontrol_show("partition", partition) if partition else {}
 
 
+def preempt_mode(partition: Optional[str]) -> str:
+    """The partition's PreemptMode, upper case ("" when SLURM does not say): REQUEUE puts preempted jobs back in
+    the queue itself, CANCEL ends them for good."""
+    return partition_info(partition).get("PreemptMode", "").upper()
+
+
 def cancels_preempted(partition: Optional[str]) -> bool:
     """The partition ends preempted jobs for good (PreemptMode=CANCEL) instead of requeuing them."""
-    return partition_info(partition).get("PreemptMode", "").upper().startswith("CANCEL")
-
-
-def requeues_preempted(partition: Optional[str]) -> bool:
-    """SLURM puts preempted jobs of the partition back in the queue itself (PreemptMode=REQUEUE)."""
-    return partition_info(partition).get("PreemptMode", "").upper().startswith("REQUEUE")
+    return preempt_mode(partition).startswith("CANCEL")
 
 
 def take_requeue(attempt: Path) -> bool:

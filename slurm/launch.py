@@ -157,9 +157,7 @@ class SignalLog:
         self.received.append({"name": signal.Signals(signum).name.removeprefix("SIG"), "time": time.time()})
         runfolder.write_json_atomic(self.path, self.record)
         if self.forward_to is not None and self.forward_to.poll() is None:
-            for pid in process_tree(self.forward_to.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
+            signal_tree(self.forward_to.pid, signum)
 
 
 def process_tree(root: int) -> list[int]:
@@ -176,6 +174,16 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo += children.get(pid, [])
     return tree
+
+
+def signal_tree(root: int, signum: int) -> int:
+    """``signum`` to ``root`` and every process below it (listed before any is signalled: a killed parent's
+    children move to init). Returns how many there were."""
+    tree = process_tree(root)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    return len(tree)
 
 
 def node_environment(spec: JobSpec, node: NodeContext) -> dict[str, str]:
@@ -297,12 +305,9 @@ def wait_training(child: subprocess.Popen, output: Path, started: float, grace_s
             continue
         if time.monotonic() - finished_at < grace_s:
             continue
-        tree = process_tree(child.pid)
+        ended = signal_tree(child.pid, signal.SIGKILL)
         logger.warning("training completed (%s) but its processes had not exited %.0f s later (a hung teardown): "
-                       "ending them (%d processes)", output / runfolder.COMPLETE_MARKER, grace_s, len(tree))
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                       "ended them (%d processes)", output / runfolder.COMPLETE_MARKER, grace_s, ended)
         child.wait()
         return 0
 

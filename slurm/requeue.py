@@ -63,21 +63,23 @@ def bring_back(spec: JobSpec, node: NodeContext, kind: str, job_info: dict[str, 
     bringing the job back itself, submit a new job on the same job folder instead (same spec, same budgets).
     Returns what was done."""
     partition = job_info.get("Partition") or spec.partition
-    if kind == attempts.PREEMPTED and attempts.cancels_preempted(partition):
+    mode = attempts.preempt_mode(partition) if kind == attempts.PREEMPTED else ""
+    if mode.startswith("CANCEL"):
         why = f"partition {partition} cancels preempted jobs (PreemptMode=CANCEL)"
     else:
         error = requeue(node.job_id)
         if error is None:
             return f"requeued job {node.job_id}"
         why = f"scontrol requeue {node.job_id} failed: {error or '(no message)'}"
-        itself = _slurm_brings_it_back(node, kind, partition, slurm_view, settle_s)
+        itself = _slurm_brings_it_back(node, slurm_view, settle_s, requeues_preempted=mode.startswith("REQUEUE"))
         if itself:  # a second job on the same folder would run beside the requeued one
             return f"{itself} ({why}); no resubmission"
     new_id = attempts.resubmit(Path(spec.job_dir), node.job_id, cwd=spec.root)
     return f"resubmitted as job {new_id} ({why})"
 
 
-def _slurm_brings_it_back(node: NodeContext, kind: str, partition, slurm_view, settle_s: float) -> Optional[str]:
+def _slurm_brings_it_back(node: NodeContext, slurm_view, settle_s: float, *,
+                          requeues_preempted: bool) -> Optional[str]:
     """Why SLURM is already putting the job back in the queue, or None. A refused ``scontrol requeue`` often means
     exactly that: a preemption in a PreemptMode=REQUEUE partition (measured on the test cluster: the requeue was
     refused during the preemption and a resubmission ran beside the requeued job), or a concurrent requeue."""
@@ -86,8 +88,7 @@ def _slurm_brings_it_back(node: NodeContext, kind: str, partition, slurm_view, s
         info = slurm_view(node.job_id)
         if info and attempts.slurm_requeued(info, node.restart_count):
             return f"SLURM requeued job {node.job_id} itself"
-        if (kind == attempts.PREEMPTED and attempts.slurm_time(info.get("PreemptTime")) is not None
-                and attempts.requeues_preempted(info.get("Partition") or partition)):
+        if requeues_preempted and attempts.slurm_time(info.get("PreemptTime")) is not None:
             return f"SLURM requeues preempted job {node.job_id} itself (PreemptMode=REQUEUE)"
         if time.monotonic() >= deadline:
             return None

@@ -48,12 +48,12 @@ class Collate:
         height, width = samples[0]["pixels"].shape[-2:]
         tiles = tile_factor(self.rules, frames, height, width)
         groups = [[s["pixels"][:frames] for s in samples] * tiles, [s["control"][:frames] for s in samples] * tiles]
-        if any(refs):
+        later = any(refs)  # else every reference is frame 0 (first_frame, every image): a view of the pixels
+        if later:
             groups.append([s["pixels"][r:r + 1] for s, r in zip(samples, refs)] * tiles)
         stacked, block = _stack(self.blocks, *groups)
         pixels, control = stacked[:2]
-        # Every reference is frame 0 (first_frame, and every image): a view of the pixels, not a copy of them.
-        ref = stacked[2] if any(refs) else pixels[:, :1]
+        ref = stacked[2] if later else pixels[:, :1]
         return {
             "pixel_values": pixels,
             "control_pixel_values": control,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slurm.launch import process_tree
+from slurm.launch import signal_tree
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO2_CPU = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
@@ -78,12 +78,9 @@ class Launched:
 
     def kill_all(self) -> None:
         """SIGKILL to the launcher's group and to every process below it, a worker in its own session too."""
-        below = process_tree(self.process.pid)[1:]
-        with contextlib.suppress(ProcessLookupError):
+        signal_tree(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # group members whose parent died before: not in the tree
             os.killpg(self.process.pid, signal.SIGKILL)
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
     def text(self) -> str:
         return self.log.read_text()

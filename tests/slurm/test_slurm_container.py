@@ -4,7 +4,6 @@ survives every preemption signal, a missing runtime or image is a configuration 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -43,9 +42,7 @@ def test_launch_chain_in_the_container_survives_usr1_and_usr2_sent_to_every_proc
     while not ready.exists() and chain.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     for sig in (signal.SIGUSR1, signal.SIGUSR2):  # as slurmstepd does: every process of the step
-        for pid in launch.process_tree(chain.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        launch.signal_tree(chain.pid, sig)
     time.sleep(0.5)
     go.touch()
     _, err = chain.communicate(timeout=60)
